@@ -1,0 +1,88 @@
+"""The contract tables of a folder as typed DuckDB views, for batch work out of core.
+
+``open_history(folder)`` gives a DuckDB connection on which every contract table is a view
+with the contract's column names and types (from ``features.tables``, the one description
+of the tables), whether the folder holds Parquet or CSV: money ``DECIMAL(18,2)``, times
+``TIMESTAMPTZ`` (a naive time is Asia/Shanghai local time), dates ``DATE``, code lists
+``VARCHAR[]`` (``|``-separated in CSV). An optional column the file lacks is a typed NULL;
+a table the folder lacks is an empty view, so a history without reversals screens as one
+where nothing was reversed. Validate the folder first (``features.load``): these views cast,
+they do not check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import duckdb
+
+from features.tables import TABLES, TIMEZONE, Kind, Table
+
+SQL_TYPES: Final = {
+    Kind.STRING: "VARCHAR",
+    Kind.ENUM: "VARCHAR",
+    Kind.INT: "BIGINT",
+    Kind.MONEY: "DECIMAL(18,2)",
+    Kind.TIMESTAMP: "TIMESTAMPTZ",
+    Kind.DATE: "DATE",
+    Kind.BOOL: "BOOLEAN",
+    Kind.CODE_LIST: "VARCHAR[]",
+}
+
+
+def table_file(folder: Path, table: str) -> Path | None:
+    """The file that holds ``table`` in ``folder`` (Parquet first), or None."""
+    for suffix in (".parquet", ".csv"):
+        path = folder / f"{table}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _view_sql(con: duckdb.DuckDBPyConnection, table: Table, path: Path | None) -> str:
+    if path is None:
+        columns = ", ".join(f"CAST(NULL AS {SQL_TYPES[c.kind]}) AS {c.name}" for c in table.columns)
+        return f"SELECT {columns} WHERE false"
+    if path.suffix == ".csv":
+        source = f"read_csv({_quote(path)}, header = true, all_varchar = true)"
+    else:
+        source = f"read_parquet({_quote(path)})"
+    present = {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}  # noqa: S608 - our own table description, a quoted path
+    selected = []
+    for c in table.columns:
+        sql_type = SQL_TYPES[c.kind]
+        if c.name not in present:
+            selected.append(f"CAST(NULL AS {sql_type}) AS {c.name}")
+        elif c.kind is Kind.CODE_LIST and not str(present[c.name]).endswith("[]"):
+            selected.append(
+                f"CASE WHEN {c.name} IS NULL OR trim({c.name}) = '' THEN []::VARCHAR[] "
+                f"ELSE string_split({c.name}, '|') END AS {c.name}"
+            )
+        else:
+            selected.append(f"CAST({c.name} AS {sql_type}) AS {c.name}")
+    return f"SELECT {', '.join(selected)} FROM {source}"  # noqa: S608 - column names from features.tables
+
+
+def open_history(
+    folder: Path,
+    *,
+    memory_limit: str = "4GB",
+    threads: int | None = None,
+    temp_directory: Path | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the contract tables of ``folder`` as typed views."""
+    con = duckdb.connect(config={"memory_limit": memory_limit})
+    con.execute(f"SET TimeZone = '{TIMEZONE}'")
+    con.execute("SET enable_progress_bar = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if temp_directory:
+        con.execute(f"SET temp_directory = {_quote(temp_directory)}")
+    for name, table in TABLES.items():
+        con.execute(f"CREATE VIEW {name} AS {_view_sql(con, table, table_file(folder, name))}")
+    return con

@@ -1,0 +1,29 @@
+"""``fundguard load``: a folder of contract tables into the store the scorer uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from features.batch import open_history
+from serve.store import create_store_engine, upgrade
+from traceability.batch import screen_codes
+from traceability.history import HistoryLoad, load_history
+
+
+def load_folder(data_dir: Path, store_url: str, *, memory_limit: str = "4GB") -> HistoryLoad:
+    """Load what ``data_dir`` holds into the store at ``store_url``, in one transaction.
+
+    The history is screened first, so the ledger holds the codes of the settlements that
+    would have been paid (a rejected settlement consumed nothing), released by reversals.
+    Loading the same folder twice changes nothing.
+    """
+    upgrade(store_url)
+    con = open_history(data_dir, memory_limit=memory_limit)
+    engine = create_store_engine(store_url)
+    try:
+        screen_codes(con)
+        with engine.begin() as conn:
+            return load_history(con, conn)
+    finally:
+        con.close()
+        engine.dispose()

@@ -1,0 +1,187 @@
+"""The scorer's HTTP schemas (CONTRACT.md §6): one per direction, strict on the way in.
+
+Money is ``Decimal`` (yuan, at most two decimals, never negative); a time without an
+offset is Asia/Shanghai local time; unknown fields are refused (``extra="forbid"``), so a
+typo in a field name is a 422 that names it, never a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Self
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from traceability.codes import InvalidTraceCode, try_parse_trace_code
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def _zoned(value: datetime) -> datetime:
+    return value.replace(tzinfo=SHANGHAI) if value.tzinfo is None else value
+
+
+def _cents(value: Decimal) -> Decimal:
+    if value.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise ValueError("money has at most two decimals (yuan and fen)")
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=16), AfterValidator(_cents)]
+Time = Annotated[datetime, AfterValidator(_zoned)]
+LocalTime = Annotated[datetime, AfterValidator(lambda t: _zoned(t).astimezone(SHANGHAI))]
+"""A time as the answers give it: in Asia/Shanghai, whatever zone it was stored in."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gender(StrEnum):
+    M = "M"
+    F = "F"
+
+
+class VisitType(StrEnum):
+    OUTPATIENT = "outpatient"
+    INPATIENT = "inpatient"
+    PHARMACY = "pharmacy"
+
+
+class ItemType(StrEnum):
+    DRUG = "drug"
+    SERVICE = "service"
+    MATERIAL = "material"
+
+
+class Decision(StrEnum):
+    PASS = "pass"  # noqa: S105 - a decision, not a password
+    REVIEW = "review"
+    REJECT = "reject"
+
+
+class PatientIn(Strict):
+    patient_id: Id
+    gender: Gender
+    birth_date: date
+    locality_code: Annotated[str, StringConstraints(pattern=r"^\d{12}$")] | None = None
+
+
+class ItemIn(Strict):
+    line_no: Annotated[int, Field(ge=1)]
+    item_type: ItemType
+    item_code: Id
+    quantity: Annotated[Decimal, Field(gt=0, max_digits=14)]
+    unit_price: Money
+    amount: Money
+    trace_codes: list[Annotated[str, StringConstraints(max_length=200)]] | None = None
+    split_sale: bool | None = None
+
+
+class SettlementIn(Strict):
+    settlement_id: Id
+    institution_id: Id
+    patient: PatientIn
+    doctor_id: Id | None = None
+    settled_at: Time
+    visit_type: VisitType
+    admit_date: date | None = None
+    discharge_date: date | None = None
+    diagnosis_code: Annotated[str, StringConstraints(max_length=16)] | None = None
+    total_amount: Money
+    fund_paid: Money
+    items: Annotated[list[ItemIn], Field(min_length=1, max_length=500)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
+        if self.fund_paid > self.total_amount:
+            problems.append(f"fund_paid {self.fund_paid} exceeds total_amount {self.total_amount}")
+        line_nos = [item.line_no for item in self.items]
+        if len(set(line_nos)) != len(line_nos):
+            problems.append("items: line_no repeated")
+        if self.visit_type is VisitType.INPATIENT and (
+            self.admit_date is None or self.discharge_date is None
+        ):
+            problems.append("an inpatient settlement needs admit_date and discharge_date")
+        if self.admit_date and self.discharge_date and self.discharge_date < self.admit_date:
+            problems.append(
+                f"discharge_date {self.discharge_date} is before admit_date {self.admit_date}"
+            )
+        for item in self.items:
+            if item.split_sale and not item.trace_codes:
+                problems.append(f"items line {item.line_no}: a split sale without its code")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class HitOut(BaseModel):
+    rule_id: str
+    pattern: str
+    action: Decision
+    line_no: int | None = None
+    message: str
+
+
+class ModelOut(BaseModel):
+    name: str | None = None
+    version: str | None = None
+    score: float | None = None
+
+
+class ScoreOut(BaseModel):
+    settlement_id: str
+    decision: Decision
+    risk_score: float
+    hits: list[HitOut]
+    model: ModelOut
+    credit: dict[str, Any]
+    degraded: bool
+
+
+class ReversalIn(Strict):
+    reversed_at: Time
+
+
+class ReversalOut(BaseModel):
+    settlement_id: str
+    reversed_at: LocalTime
+    released_codes: int
+
+
+class StockEventType(StrEnum):
+    PURCHASE = "purchase"
+    RETURN = "return"
+
+
+def _valid_code(raw: str) -> str:
+    parsed = try_parse_trace_code(raw)
+    if isinstance(parsed, InvalidTraceCode):
+        raise ValueError(f"invalid traceability code: {parsed.reason}")
+    return raw
+
+
+class TraceEventIn(Strict):
+    trace_code: Annotated[
+        str, StringConstraints(min_length=1, max_length=200), AfterValidator(_valid_code)
+    ]
+    event_type: StockEventType
+    institution_id: Id
+    event_at: Time
+
+
+class TraceEventsOut(BaseModel):
+    received: int
+    recorded: int

@@ -1,0 +1,148 @@
+"""Scoring one settlement: read the facts, decide, store the decision and consume the codes,
+all in one transaction, then answer. Scoring the same settlement again answers the stored
+decision and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from serve.decision import code_hits, decide
+from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
+from serve.tables import decisions, reversals
+from traceability.ledger import DrugLine, release_codes, settle_codes
+
+
+def _stored(conn: Connection, settlement_id: str) -> bytes | None:
+    row = conn.execute(
+        select(decisions.c.response).where(decisions.c.settlement_id == settlement_id)
+    ).first()
+    return row.response.encode() if row else None
+
+
+def score(engine: Engine, settlement: SettlementIn, raw_body: bytes) -> bytes:
+    """The JSON answer for ``settlement``: the stored one if it was scored before."""
+    started = time.perf_counter()
+    try:
+        with engine.begin() as conn:
+            stored = _stored(conn, settlement.settlement_id)
+            if stored is not None:
+                return stored
+            lines = [
+                DrugLine(
+                    line_no=item.line_no,
+                    item_code=item.item_code,
+                    quantity=item.quantity,
+                    amount=item.amount,
+                    split_sale=bool(item.split_sale),
+                    trace_codes=tuple(item.trace_codes or ()),
+                )
+                for item in settlement.items
+                if item.item_type is ItemType.DRUG
+            ]
+            hits = code_hits(
+                settle_codes(
+                    conn,
+                    settlement_id=settlement.settlement_id,
+                    institution_id=settlement.institution_id,
+                    settled_at=settlement.settled_at,
+                    lines=lines,
+                )
+            )
+            decision, risk = decide(hits)
+            answer = ScoreOut(
+                settlement_id=settlement.settlement_id,
+                decision=decision,
+                risk_score=risk,
+                hits=hits,
+                model=ModelOut(),
+                credit={},
+                degraded=False,
+            )
+            body = orjson.dumps(answer.model_dump(mode="json"))
+            conn.execute(
+                insert(decisions).values(
+                    settlement_id=settlement.settlement_id,
+                    institution_id=settlement.institution_id,
+                    patient_id=settlement.patient.patient_id,
+                    settled_at=settlement.settled_at,
+                    decision=decision.value,
+                    risk_score=risk,
+                    request_sha256=hashlib.sha256(raw_body).hexdigest(),
+                    response=body.decode(),
+                    latency_us=int((time.perf_counter() - started) * 1e6),
+                    decided_at=datetime.now(UTC),
+                )
+            )
+            return body
+    except IntegrityError:
+        # another worker stored this settlement's decision first: answer that one
+        with engine.begin() as conn:
+            stored = _stored(conn, settlement.settlement_id)
+        if stored is None:
+            raise
+        return stored
+
+
+class UnknownSettlement(LookupError):
+    pass
+
+
+def reverse(engine: Engine, settlement_id: str, reversed_at: datetime) -> ReversalOut:
+    """Record a reversal (退费) and release the settlement's codes; repeating changes nothing.
+
+    The reversal row is written first: a second worker reversing the same settlement
+    at the same moment waits on its key, then finds it and answers what was recorded.
+    """
+    try:
+        with engine.begin() as conn:
+            recorded = _recorded_reversal(conn, settlement_id)
+            if recorded is not None:
+                return recorded
+            decided = conn.execute(
+                select(decisions.c.decision).where(decisions.c.settlement_id == settlement_id)
+            ).first()
+            if decided is None:
+                raise UnknownSettlement(settlement_id)
+            conn.execute(
+                insert(reversals).values(
+                    settlement_id=settlement_id,
+                    reversed_at=reversed_at,
+                    released_codes=0,
+                    recorded_at=datetime.now(UTC),
+                )
+            )
+            released = 0
+            if decided.decision != Decision.REJECT.value:
+                released = release_codes(conn, settlement_id=settlement_id, released_at=reversed_at)
+                conn.execute(
+                    update(reversals)
+                    .where(reversals.c.settlement_id == settlement_id)
+                    .values(released_codes=released)
+                )
+            return ReversalOut(
+                settlement_id=settlement_id, reversed_at=reversed_at, released_codes=released
+            )
+    except IntegrityError:
+        with engine.begin() as conn:
+            recorded = _recorded_reversal(conn, settlement_id)
+        if recorded is None:
+            raise
+        return recorded
+
+
+def _recorded_reversal(conn: Connection, settlement_id: str) -> ReversalOut | None:
+    row = conn.execute(select(reversals).where(reversals.c.settlement_id == settlement_id)).first()
+    if row is None:
+        return None
+    return ReversalOut(
+        settlement_id=settlement_id,
+        reversed_at=row.reversed_at,
+        released_codes=row.released_codes,
+    )

@@ -1,0 +1,71 @@
+"""Settings of a fundguard installation.
+
+They come from the environment (prefix ``FUNDGUARD_``), from a TOML settings file named
+by ``FUNDGUARD_SETTINGS_FILE``, or from the embedded defaults: everything lives under the
+data folder (``./fundguard-data`` unless set), with SQLite as the store and a local MLflow
+store beside it. Settings are built on request (``Settings()``), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Where fundguard keeps its state and how it runs."""
+
+    model_config = SettingsConfigDict(env_prefix="FUNDGUARD_", extra="forbid")
+
+    data_dir: Path = Field(default=Path("fundguard-data"), description="the data folder")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the store; SQLite in the data folder if unset"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; a local store in the data folder if unset"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        settings_file = os.environ.get("FUNDGUARD_SETTINGS_FILE")
+        if settings_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(settings_file)))
+        return tuple(sources)
+
+    @property
+    def store_url(self) -> str:
+        """The store's URL: the configured one, or SQLite in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fundguard.db').resolve()}"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow's tracking URI: the configured one, or a SQLite store in the data folder."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir),
+            "store_url": self.store_url,
+            "tracking_uri": self.tracking_uri,
+        }

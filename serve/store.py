@@ -1,0 +1,72 @@
+"""The state store: one SQLAlchemy engine per process, the schema by Alembic migrations.
+
+SQLite is the embedded default: WAL journal, ``synchronous=NORMAL``, a busy timeout, and
+every transaction opened with ``BEGIN IMMEDIATE`` so that writers serialise at the start of
+a transaction instead of failing half-way (two workers racing for one code: the second
+waits, then sees the first's units). PostgreSQL is the production store: the ledger rows a
+settlement touches are locked with ``SELECT … FOR UPDATE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+
+from serve import tables as serve_tables
+from traceability import store as traceability_store
+
+METADATA: tuple[MetaData, ...] = (traceability_store.metadata, serve_tables.metadata)
+"""Every table the store holds, by the layer that owns it (Alembic compares against these)."""
+
+
+def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for the store at ``url``, tuned for the scorer's short transactions."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("serve") / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the store at ``url`` to ``revision`` (the newest by default)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction: committed if the block ends normally, rolled back otherwise."""
+    with engine.begin() as conn:
+        yield conn

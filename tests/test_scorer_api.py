@@ -1,0 +1,217 @@
+"""The scorer's HTTP API (CONTRACT.md §6), first slice: score, reversal, trace events, health.
+
+Runs the real app (TestClient) over a real store, on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
+
+from serve.app import create_app
+from serve.settings import Settings
+from serve.tables import decisions
+from traceability.codes import gs1_hri, gs1_raw
+from traceability.store import drugs, ledger_entries, products
+
+GTIN = "06901234567892"
+C1 = "81000010000000010000"
+C2 = "81000010000000020000"
+
+
+@pytest.fixture
+def client(store: Engine) -> Iterator[TestClient]:
+    with store.begin() as conn:
+        conn.execute(
+            drugs.insert(),
+            [
+                {"drug_code": "D1", "generic_name": "阿莫西林胶囊", "pack_units": 24},
+                {"drug_code": "D3", "generic_name": "奥希替尼片", "pack_units": 30},
+            ],
+        )
+        conn.execute(
+            products.insert(),
+            [
+                {"product_code": "8100001", "drug_code": "D1"},
+                {"product_code": GTIN, "drug_code": "D3"},
+            ],
+        )
+    with TestClient(create_app(Settings(), engine=store)) as client:
+        yield client
+
+
+def settlement(settlement_id: str, *codes: str, drug: str = "D1", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "settlement_id": settlement_id,
+        "institution_id": "P001",
+        "patient": {"patient_id": "U1", "gender": "F", "birth_date": "1960-05-01"},
+        "settled_at": "2025-03-01T10:00:00+08:00",
+        "visit_type": "pharmacy",
+        "total_amount": "48.00",
+        "fund_paid": "30.00",
+        "items": [
+            {
+                "line_no": 1,
+                "item_type": "drug",
+                "item_code": drug,
+                "quantity": 24 * max(len(codes), 1),
+                "unit_price": "2.00",
+                "amount": "48.00",
+                "trace_codes": list(codes),
+            }
+        ],
+    }
+    body.update(extra)
+    return body
+
+
+def purchase(client: TestClient, *codes: str, at: str = "2025-02-01T09:00:00+08:00") -> None:
+    events = [
+        {"trace_code": c, "event_type": "purchase", "institution_id": "P001", "event_at": at}
+        for c in codes
+    ]
+    response = client.post("/v1/trace-events", json=events)
+    assert response.status_code == 200, response.text
+
+
+def test_a_clean_settlement_passes_and_consumes_its_codes(
+    client: TestClient, store: Engine
+) -> None:
+    purchase(client, C1)
+    answer = client.post("/v1/score", json=settlement("S1", C1)).json()
+    assert answer["decision"] == "pass"
+    assert answer["hits"] == []
+    assert answer["degraded"] is False
+    with store.connect() as conn:
+        assert conn.execute(select(ledger_entries.c.canonical_code)).scalars().all() == [C1]
+
+
+def test_scoring_again_answers_the_same_and_changes_nothing(
+    client: TestClient, store: Engine
+) -> None:
+    purchase(client, C1)
+    first = client.post("/v1/score", json=settlement("S1", C1))
+    again = client.post("/v1/score", json=settlement("S1", C1))
+    assert first.content == again.content
+    with store.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(decisions)).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(ledger_entries)).scalar() == 1
+
+
+def test_a_pack_sold_twice_is_rejected_and_a_reversal_frees_it(client: TestClient) -> None:
+    purchase(client, C1)
+    assert client.post("/v1/score", json=settlement("S1", C1)).json()["decision"] == "pass"
+    second = client.post("/v1/score", json=settlement("S2", C1)).json()
+    assert second["decision"] == "reject"
+    assert [(h["pattern"], h["rule_id"], h["line_no"]) for h in second["hits"]] == [
+        ("duplicate_trace_code", "TC002", 1)
+    ]
+    reversal = client.post(
+        "/v1/settlements/S1/reversal", json={"reversed_at": "2025-03-02T09:00:00+08:00"}
+    )
+    assert reversal.json()["released_codes"] == 1
+    repeat = client.post(
+        "/v1/settlements/S1/reversal", json={"reversed_at": "2025-03-03T09:00:00+08:00"}
+    )
+    assert repeat.json() == reversal.json()
+    later = settlement("S3", C1, settled_at="2025-03-04T10:00:00+08:00")
+    assert client.post("/v1/score", json=later).json()["decision"] == "pass"
+
+
+def test_gs1_spellings_of_one_pack_are_one_code(client: TestClient) -> None:
+    hri, raw = gs1_hri(GTIN, "AB12CD", lot="L7"), gs1_raw(GTIN, "AB12CD", order=("21", "01"))
+    purchase(client, hri)
+    body = settlement("S1", raw, drug="D3")
+    body["items"][0]["quantity"] = 30
+    assert client.post("/v1/score", json=body).json()["decision"] == "pass"
+    body = settlement("S2", hri, drug="D3")
+    body["items"][0]["quantity"] = 30
+    assert client.post("/v1/score", json=body).json()["hits"][0]["pattern"] == (
+        "duplicate_trace_code"
+    )
+
+
+def test_every_code_problem_is_a_hit_per_line(client: TestClient) -> None:
+    purchase(client, C1)
+    body = settlement("S1", C1)
+    body["items"].append({**body["items"][0], "line_no": 2, "trace_codes": []})
+    body["items"].append({**body["items"][0], "line_no": 3, "trace_codes": [C2]})
+    answer = client.post("/v1/score", json=body).json()
+    assert answer["decision"] == "reject"
+    assert sorted((h["line_no"], h["pattern"]) for h in answer["hits"]) == [
+        (2, "missing_trace_code"),
+        (3, "unpurchased_trace_code"),
+    ]
+
+
+def test_a_rejected_settlement_consumes_nothing(client: TestClient) -> None:
+    purchase(client, C1)
+    body = settlement("S1", C1)
+    body["items"].append({**body["items"][0], "line_no": 2, "trace_codes": []})
+    assert client.post("/v1/score", json=body).json()["decision"] == "reject"
+    assert client.post("/v1/score", json=settlement("S2", C1)).json()["decision"] == "pass"
+
+
+BAD_INPUTS = [
+    ("settlement_id", lambda b: b.pop("settlement_id"), ["body", "settlement_id"]),
+    ("money with 3 decimals", lambda b: b.update(total_amount="1.001"), ["body", "total_amount"]),
+    ("negative money", lambda b: b.update(fund_paid="-1"), ["body", "fund_paid"]),
+    ("unknown field", lambda b: b.update(colour="red"), ["body", "colour"]),
+    ("bad gender", lambda b: b["patient"].update(gender="X"), ["body", "patient", "gender"]),
+    ("bad visit type", lambda b: b.update(visit_type="home"), ["body", "visit_type"]),
+    ("unparseable time", lambda b: b.update(settled_at="yesterday"), ["body", "settled_at"]),
+    ("no items", lambda b: b.update(items=[]), ["body", "items"]),
+    ("zero quantity", lambda b: b["items"][0].update(quantity=0), ["body", "items", 0, "quantity"]),
+    ("fund_paid above total", lambda b: b.update(fund_paid="99.00"), ["body"]),
+    ("inpatient without dates", lambda b: b.update(visit_type="inpatient"), ["body"]),
+]
+
+
+@pytest.mark.parametrize(("name", "corrupt", "loc"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_a_422_naming_the_field_and_nothing_is_stored(
+    client: TestClient, store: Engine, name: str, corrupt: Any, loc: list[Any]
+) -> None:
+    body = copy.deepcopy(settlement("S1", C1))
+    corrupt(body)
+    response = client.post("/v1/score", json=body)
+    assert response.status_code == 422, name
+    assert loc in [problem["loc"] for problem in response.json()["detail"]]
+    with store.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(decisions)).scalar() == 0
+
+
+def test_every_problem_is_named_at_once(client: TestClient) -> None:
+    body = settlement("S1", C1, visit_type="home", total_amount="x")
+    body["patient"]["gender"] = "X"
+    locs = [p["loc"] for p in client.post("/v1/score", json=body).json()["detail"]]
+    assert ["body", "visit_type"] in locs
+    assert ["body", "total_amount"] in locs
+    assert ["body", "patient", "gender"] in locs
+
+
+def test_trace_events_are_validated_whole_and_recorded_once(client: TestClient) -> None:
+    at = "2025-02-01T09:00:00+08:00"
+    good = {"trace_code": C1, "event_type": "purchase", "institution_id": "P001", "event_at": at}
+    bad = {**good, "trace_code": "(01)06901234567893(21)X"}
+    response = client.post("/v1/trace-events", json=[good, bad])
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", 1, "trace_code"]
+    assert "check digit" in response.json()["detail"][0]["msg"]
+    assert client.post("/v1/trace-events", json=[good]).json() == {"received": 1, "recorded": 1}
+    assert client.post("/v1/trace-events", json=[good]).json() == {"received": 1, "recorded": 0}
+
+
+def test_a_reversal_of_an_unknown_settlement_is_a_404(client: TestClient) -> None:
+    response = client.post("/v1/settlements/NOPE/reversal", json={"reversed_at": "2025-03-01"})
+    assert response.status_code == 404
+    assert "NOPE" in response.json()["detail"]
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").json()["status"] == "ready"
