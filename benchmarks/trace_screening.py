@@ -273,7 +273,7 @@ def main() -> None:
     print(f"{'lines':>12} {'engine':<8}{'seconds':>9}{'lines/s':>12}{'peak MB':>9}{'flags':>8}")
     for size in args.sizes:
         n = int(size)
-        with tempfile.TemporaryDirectory(dir=".") as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             write_history(folder, n)
             results = {"duckdb": run("duckdb", folder)}

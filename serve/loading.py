@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from features.batch import open_history
+from features.store import load_history as load_patient_history
 from serve.store import create_store_engine, upgrade
 from traceability.batch import screen_codes
 from traceability.history import HistoryLoad, load_history
@@ -23,7 +24,9 @@ def load_folder(data_dir: Path, store_url: str, *, memory_limit: str = "4GB") ->
     try:
         screen_codes(con)
         with engine.begin() as conn:
-            return load_history(con, conn)
+            loaded = load_history(con, conn)
+            load_patient_history(con, conn)
+            return loaded
     finally:
         con.close()
         engine.dispose()

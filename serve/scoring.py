@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from features.store import HistoryLine, record_settlement, reverse_settlement
 from serve.decision import code_hits, decide
 from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
 from serve.tables import decisions, reversals
@@ -54,6 +55,20 @@ def score(engine: Engine, settlement: SettlementIn, raw_body: bytes) -> bytes:
                     settled_at=settlement.settled_at,
                     lines=lines,
                 )
+            )
+            record_settlement(
+                conn,
+                settlement_id=settlement.settlement_id,
+                patient_id=settlement.patient.patient_id,
+                institution_id=settlement.institution_id,
+                settled_at=settlement.settled_at,
+                lines=[
+                    HistoryLine(item.line_no, item.item_type.value, item.item_code, item.quantity)
+                    for item in settlement.items
+                ],
+                admit_date=settlement.admit_date,
+                discharge_date=settlement.discharge_date,
+                diagnosis_code=settlement.diagnosis_code,
             )
             decision, risk = decide(hits)
             answer = ScoreOut(
@@ -118,6 +133,7 @@ def reverse(engine: Engine, settlement_id: str, reversed_at: datetime) -> Revers
                     recorded_at=datetime.now(UTC),
                 )
             )
+            reverse_settlement(conn, settlement_id=settlement_id, reversed_at=reversed_at)
             released = 0
             if decided.decision != Decision.REJECT.value:
                 released = release_codes(conn, settlement_id=settlement_id, released_at=reversed_at)

@@ -20,10 +20,15 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 
+from features import store as features_store
 from serve import tables as serve_tables
 from traceability import store as traceability_store
 
-METADATA: tuple[MetaData, ...] = (traceability_store.metadata, serve_tables.metadata)
+METADATA: tuple[MetaData, ...] = (
+    traceability_store.metadata,
+    features_store.metadata,
+    serve_tables.metadata,
+)
 """Every table the store holds, by the layer that owns it (Alembic compares against these)."""
 
 

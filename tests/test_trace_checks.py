@@ -185,6 +185,7 @@ def write_history(folder: Path, scenario: Scenario) -> None:
             {
                 "settlement_id": sale.settlement_id,
                 "institution_id": sale.institution,
+                "patient_id": "U1",
                 "settled_at": sale.at,
             }
         )
@@ -210,6 +211,7 @@ def write_history(folder: Path, scenario: Scenario) -> None:
                 [
                     ("settlement_id", pa.string()),
                     ("institution_id", pa.string()),
+                    ("patient_id", pa.string()),
                     ("settled_at", pa.timestamp("us", tz="Asia/Shanghai")),
                 ]
             ),

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sqlalchemy import Engine, Table, select
 
+from features.store import patient_history
+from serve.loading import load_folder
 from serve.replay import replay
 from serve.store import create_store_engine, upgrade
+from traceability.store import ledger_codes, ledger_entries
 
 TRACE_PATTERNS = (
     "duplicate_trace_code",
@@ -70,15 +74,37 @@ def test_flags_follow_the_contract(province_flags: Path) -> None:
     }
 
 
+def stored(engine: Engine, table: Table, *columns: str) -> set[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return {tuple(r) for r in conn.execute(select(*(table.c[c] for c in columns)))}
+
+
 @pytest.mark.slow
-def test_replaying_the_province_online_gives_exactly_the_batch_flags(
+def test_replaying_the_province_online_gives_exactly_the_batch_flags_and_state(
     province: Path, province_flags: Path, tmp_path: Path
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade(url)
-    engine = create_store_engine(url)
+    """Online, in time order, the scorer finds what batch screening finds; and the store it
+    leaves (ledger, patient history) is the one ``fundguard load`` builds from the batch."""
+    online_url = f"sqlite:///{tmp_path / 'online.db'}"
+    upgrade(online_url)
+    online = create_store_engine(online_url)
+    batch_url = f"sqlite:///{tmp_path / 'batch.db'}"
+    load_folder(province, batch_url)
+    batch = create_store_engine(batch_url)
     try:
-        online = {(r.settlement_id, p) for r in replay(province, engine) for p in r.patterns}
+        found = {(r.settlement_id, p) for r in replay(province, online) for p in r.patterns}
+        assert found == pairs(pd.read_parquet(province_flags / "flags.parquet"))
+        ledger = ("settlement_id", "line_no", "position", "canonical_code", "units", "released_at")
+        assert stored(online, ledger_entries, *ledger) == stored(batch, ledger_entries, *ledger)
+
+        def outstanding(engine: Engine) -> set[tuple[object, ...]]:  # a 0 row holds nothing
+            rows = stored(engine, ledger_codes, "canonical_code", "full_units", "split_units")
+            return {r for r in rows if r[1] or r[2]}
+
+        assert outstanding(online) == outstanding(batch)
+        history = ("settlement_id", "line_no", "patient_id", "item_code", "quantity",
+                   "admit_date", "discharge_date", "diagnosis_code", "reversed_at")  # fmt: skip
+        assert stored(online, patient_history, *history) == stored(batch, patient_history, *history)
     finally:
-        engine.dispose()
-    assert online == pairs(pd.read_parquet(province_flags / "flags.parquet"))
+        online.dispose()
+        batch.dispose()

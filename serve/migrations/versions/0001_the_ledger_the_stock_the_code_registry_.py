@@ -1,8 +1,8 @@
-"""the ledger, the stock, the code registry and decisions
+"""the ledger, the stock, the code registry, patient history and decisions
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 18:36:32.244463
+Create Date: 2026-11-22 19:06:05.951408
 """
 
 from __future__ import annotations
@@ -77,6 +77,27 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
+        "patient_history",
+        sa.Column("settlement_id", sa.String(length=64), nullable=False),
+        sa.Column("line_no", sa.Integer(), nullable=False),
+        sa.Column("patient_id", sa.String(length=64), nullable=False),
+        sa.Column("institution_id", sa.String(length=64), nullable=False),
+        sa.Column("settled_at", traceability.store.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("item_type", sa.String(length=16), nullable=False),
+        sa.Column("item_code", sa.String(length=64), nullable=False),
+        sa.Column("quantity", sa.Numeric(precision=14, scale=3), nullable=False),
+        sa.Column("admit_date", sa.Date(), nullable=True),
+        sa.Column("discharge_date", sa.Date(), nullable=True),
+        sa.Column("diagnosis_code", sa.String(length=16), nullable=True),
+        sa.Column("reversed_at", traceability.store.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("settlement_id", "line_no"),
+    )
+    with op.batch_alter_table("patient_history", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_patient_history_item", ["patient_id", "item_code", "settled_at"], unique=False
+        )
+
+    op.create_table(
         "decisions",
         sa.Column("settlement_id", sa.String(length=64), nullable=False),
         sa.Column("institution_id", sa.String(length=64), nullable=False),
@@ -115,6 +136,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_decisions_institution_id"))
 
     op.drop_table("decisions")
+    with op.batch_alter_table("patient_history", schema=None) as batch_op:
+        batch_op.drop_index("ix_patient_history_item")
+
+    op.drop_table("patient_history")
     op.drop_table("stock_events")
     op.drop_table("products")
     with op.batch_alter_table("ledger_entries", schema=None) as batch_op:
