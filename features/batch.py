@@ -12,6 +12,7 @@ they do not check.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -81,8 +82,9 @@ def open_history(
     con.execute("SET enable_progress_bar = false")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    if temp_directory:
-        con.execute(f"SET temp_directory = {_quote(temp_directory)}")
+    # where DuckDB spills what does not fit in memory_limit (not the working folder)
+    spill = temp_directory or Path(tempfile.gettempdir()) / "fundguard-duckdb"
+    con.execute(f"SET temp_directory = {_quote(spill)}")
     for name, table in TABLES.items():
         con.execute(f"CREATE VIEW {name} AS {_view_sql(con, table, table_file(folder, name))}")
     return con
