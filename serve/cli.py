@@ -10,10 +10,14 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from serve.settings import Settings
+
+if TYPE_CHECKING:
+    from rules.base import RuleBase
 
 SCALES = ("small", "medium", "large")
 
@@ -174,3 +178,133 @@ def demo(seed: int, scale: str) -> None:
         "  curl -s -X POST http://127.0.0.1:8000/v1/score -H 'Content-Type: application/json'"
         f" -d @{example.resolve()}"
     )
+
+
+@main.group()
+def rules() -> None:
+    """The rule base (规则库): list it, check and test a rule file, backtest a change."""
+
+
+def _rule_file(path: Path) -> RuleBase:
+    """The rule base in ``path``, or a clear refusal naming every problem."""
+    from rules.base import RuleFileError, load_rulebase
+
+    try:
+        return load_rulebase(path)
+    except RuleFileError as error:
+        for problem in error.problems:
+            click.echo(f"{path}: {problem}", err=True)
+        raise click.ClickException(
+            f"{path}: {len(error.problems)} problem(s); the rule file is refused"
+        ) from None
+    except OSError as error:
+        raise click.ClickException(f"{path}: {error.strerror or error}") from None
+
+
+def _stamp(rulebase: RuleBase) -> str:
+    return f"version {rulebase.version}, sha256 {rulebase.checksum[:12]}"
+
+
+@rules.command("list")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="a rule file instead of the rule base in force",
+)
+def rules_list(path: Path | None) -> None:
+    """List the rules of the rule base in force (or of --file)."""
+    from rules.base import load_rulebase
+
+    rulebase = _rule_file(path) if path else load_rulebase()
+    click.echo(f"{rulebase.source}: {len(rulebase.rules)} rule(s), {_stamp(rulebase)}")
+    for rule in rulebase.rules:
+        state = "" if rule.enabled else "  (disabled)"
+        click.echo(
+            f"  {rule.id:<8}{rule.template.name:<26}{rule.pattern:<26}"
+            f"{rule.action.value:<8}{rule.severity.value:<8}{rule.message}{state}"
+        )
+
+
+@rules.command("check")
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+def rules_check(path: Path) -> None:
+    """Validate a rule file: every problem named by rule and field, non-zero exit if any."""
+    rulebase = _rule_file(path)
+    examples = sum(len(rule.examples) for rule in rulebase.rules)
+    click.echo(
+        f"{path}: {len(rulebase.rules)} rule(s) and {examples} example(s) are valid "
+        f"({_stamp(rulebase)})"
+    )
+
+
+@rules.command("test")
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-v", "--verbose", is_flag=True, help="show the examples that pass too")
+def rules_test(path: Path, verbose: bool) -> None:
+    """Run every rule's examples: each hit must fire, each no_hit must not."""
+    from rules.examples import run_examples
+
+    rulebase = _rule_file(path)
+    results = run_examples(rulebase)
+    failed = [r for r in results if not r.passed]
+    for result in results if verbose else failed:
+        click.echo(str(result), err=not result.passed)
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(results)} example(s) failed in {path}: "
+            + ", ".join(f"{r.rule_id} {r.example.label}" for r in failed)
+        )
+    click.echo(f"{path}: all {len(results)} example(s) of {len(rulebase.rules)} rule(s) pass")
+
+
+@rules.command("backtest")
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB's memory limit")
+def rules_backtest(path: Path, data_dir: Path, memory_limit: str) -> None:
+    """Which past settlements in DIR the rule file FILE would flag differently from the
+    rule base in force: per rule and per settlement, added and removed."""
+    from features.batch import open_history
+    from rules.base import load_rulebase
+    from rules.batch import backtest
+
+    candidate = _rule_file(path)
+    in_force = load_rulebase()
+    _require_valid(data_dir)
+    started = time.perf_counter()
+    con = open_history(data_dir, memory_limit=memory_limit)
+    try:
+        result = backtest(con, in_force, candidate)
+    finally:
+        con.close()
+    seconds = time.perf_counter() - started
+    click.echo(f"in force:  {in_force.source} ({_stamp(in_force)})")
+    click.echo(f"candidate: {path} ({_stamp(candidate)})")
+    click.echo(f"over {data_dir} in {seconds:.1f} s")
+    click.echo(
+        f"  {'rule':<8}{'pattern':<26}{'in force':>9}{'candidate':>10}{'added':>7}{'removed':>8}"
+    )
+    for diff in result.rules:
+        before = "-" if diff.in_force is None else str(diff.in_force)
+        after = "-" if diff.candidate is None else str(diff.candidate)
+        click.echo(
+            f"  {diff.rule_id:<8}{diff.pattern:<26}{before:>9}{after:>10}"
+            f"{len(diff.added):>7}{len(diff.removed):>8}"
+        )
+    click.echo(
+        f"flags: {result.count('added')} added, {result.count('removed')} removed, "
+        f"{result.count('action')} with another action"
+    )
+    for diff in result.rules:
+        for settlement_id in diff.added:
+            click.echo(f"  + {settlement_id}  {diff.rule_id}  {diff.pattern}")
+        for settlement_id in diff.removed:
+            click.echo(f"  - {settlement_id}  {diff.rule_id}  {diff.pattern}")
+    for change in result.flags:
+        before = change.before.value if change.before else "none"
+        after = change.after.value if change.after else "none"
+        click.echo(
+            f"  flag {change.kind:<8}{change.settlement_id}  {change.pattern}: "
+            f"{before} -> {after} ({', '.join(change.rule_ids)})"
+        )

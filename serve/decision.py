@@ -1,8 +1,8 @@
 """The decision policy, in one place: hard facts reject; nothing else found, the settlement passes.
 
-Every hit carries the id of the rule that produced it and the action that rule asks for;
-the decision is the strongest action among the hits (``reject`` > ``review`` > ``pass``).
-``info`` hits are reported and decide nothing.
+Every hit carries the id of the rule that produced it and the action that rule asks for,
+both from the rule base (``rules``); the decision is the strongest action among the hits
+(``reject`` > ``review`` > ``pass``). ``info`` hits are reported and decide nothing.
 """
 
 from __future__ import annotations
@@ -10,32 +10,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from rules.base import Action, RuleBase, shipped_rulebase
 from serve.schemas import Decision, HitOut
-from traceability.checks import TracePattern
 from traceability.ledger import CodeCheckHit
 
-TRACE_RULES: Final = {
-    TracePattern.MISSING: "TC001",
-    TracePattern.DUPLICATE: "TC002",
-    TracePattern.SPLIT_OVERRUN: "TC003",
-    TracePattern.MISMATCH: "TC004",
-    TracePattern.UNPURCHASED: "TC005",
+ACTION_DECISIONS: Final = {
+    Action.REJECT: Decision.REJECT,
+    Action.REVIEW: Decision.REVIEW,
+    Action.INFO: Decision.PASS,  # reported, decides nothing
 }
-"""The trace-code checks as rules: each a hard fact whose action is ``reject``."""
+"""What a rule's action asks of the settlement."""
 
 _STRENGTH: Final = {Decision.PASS: 0, Decision.REVIEW: 1, Decision.REJECT: 2}
 
 
-def code_hits(hits: Sequence[CodeCheckHit]) -> list[HitOut]:
+def code_hits(hits: Sequence[CodeCheckHit], rulebase: RuleBase | None = None) -> list[HitOut]:
+    """The trace-code checks that fired, as hits of the rule base's trace-code rules (the
+    one in force unless given): each rule's id, action and message."""
+    rulebase = rulebase or shipped_rulebase()
     return [
         HitOut(
-            rule_id=TRACE_RULES[hit.pattern],
+            rule_id=rule.id,
             pattern=hit.pattern.value,
-            action=Decision.REJECT,
+            action=ACTION_DECISIONS[rule.action],
             line_no=hit.line_no,
-            message=hit.message,
+            message=f"{rule.message}: {hit.reason}" if hit.reason else rule.message,
         )
         for hit in hits
+        for rule in rulebase.for_pattern(hit.pattern.value)
     ]
 
 

@@ -4,6 +4,10 @@ Every detector contributes flags of the same shape; this module gathers them and
 ``flags.parquet`` and ``flags.csv`` (one row per flag) and ``groups.parquet`` (one row per
 member of each flagged group). Flag ids are derived from what the flag says (pattern and
 entity), so screening the same history twice gives the same ids.
+
+The rule base (``rules``: the trace-code checks and the catalog rules) gives one flag per
+(settlement, pattern): its action is the strongest of the rules that hit, its evidence
+names them, the lines and facts behind the hit, and the rule base's version and checksum.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
@@ -21,8 +25,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.batch import open_history
-from serve.decision import TRACE_RULES
-from traceability.batch import screen_codes
+from rules.base import RuleBase, shipped_rulebase
+from rules.batch import BatchRules, findings
+from rules.templates import TraceCode
 
 FLAG_SCHEMA: Final = pa.schema(
     [
@@ -72,24 +77,45 @@ class ScreeningResult:
         return dict(sorted(counts.items()))
 
 
-def code_flags(data_dir: Path, *, memory_limit: str = "4GB") -> list[Flag]:
-    """The trace-code checks over the whole history of ``data_dir``."""
+def rule_flags(
+    data_dir: Path,
+    *,
+    memory_limit: str = "4GB",
+    rulebase: RuleBase | None = None,
+    blacklist: Iterable[str] = (),
+) -> list[Flag]:
+    """The rule base (the one in force unless given) over the whole history of
+    ``data_dir``: one flag per (settlement, pattern). ``blacklist``: institution ids on the
+    black list (kept in the store; none by default)."""
+    rulebase = rulebase or shipped_rulebase()
     con = open_history(data_dir, memory_limit=memory_limit)
     try:
-        return [
-            Flag(
-                entity_type="settlement",
-                entity_id=hit.settlement_id,
-                pattern=hit.pattern.value,
-                score=1.0,
-                action="reject",
-                amount_at_risk=hit.amount_at_risk,
-                evidence={"rule_id": TRACE_RULES[hit.pattern], **json.loads(hit.evidence())},
-            )
-            for hit in screen_codes(con)
-        ]
+        hits = BatchRules(con, blacklist=blacklist).run(rulebase)
     finally:
         con.close()
+    return [
+        Flag(
+            entity_type="settlement",
+            entity_id=finding.settlement_id,
+            pattern=finding.pattern,
+            score=1.0,
+            action=finding.action.value,
+            amount_at_risk=finding.amount_at_risk,
+            evidence=finding.evidence(rulebase),
+        )
+        for finding in findings(hits)
+    ]
+
+
+def code_flags(
+    data_dir: Path, *, memory_limit: str = "4GB", rulebase: RuleBase | None = None
+) -> list[Flag]:
+    """The trace-code rules alone over the whole history of ``data_dir``."""
+    rulebase = rulebase or shipped_rulebase()
+    trace_rules = tuple(r for r in rulebase.rules if isinstance(r.template, TraceCode))
+    return rule_flags(
+        data_dir, memory_limit=memory_limit, rulebase=replace(rulebase, rules=trace_rules)
+    )
 
 
 def write_flags(flags: Iterable[Flag], out_dir: Path) -> tuple[Path, Path]:
@@ -118,8 +144,15 @@ def write_flags(flags: Iterable[Flag], out_dir: Path) -> tuple[Path, Path]:
     return flags_path, groups_path
 
 
-def screen(data_dir: Path, out_dir: Path, *, memory_limit: str = "4GB") -> ScreeningResult:
+def screen(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    memory_limit: str = "4GB",
+    rulebase: RuleBase | None = None,
+    blacklist: Iterable[str] = (),
+) -> ScreeningResult:
     """Screen the (validated) history in ``data_dir`` and write the flags into ``out_dir``."""
-    flags = code_flags(data_dir, memory_limit=memory_limit)
+    flags = rule_flags(data_dir, memory_limit=memory_limit, rulebase=rulebase, blacklist=blacklist)
     flags_path, groups_path = write_flags(flags, out_dir)
     return ScreeningResult(flags=flags, flags_path=flags_path, groups_path=groups_path)

@@ -215,3 +215,10 @@ def test_a_reversal_of_an_unknown_settlement_is_a_404(client: TestClient) -> Non
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_a_bad_code_hit_says_why_the_code_is_invalid(client: TestClient) -> None:
+    body = settlement("S1", "(01)06901234567893(21)X1", drug="D3")
+    hit = client.post("/v1/score", json=body).json()["hits"][0]
+    assert hit["rule_id"] == "TC001"
+    assert "check digit" in hit["message"]

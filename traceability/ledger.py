@@ -51,6 +51,8 @@ class CodeCheckHit:
     code: str
     message: str
     earlier_settlements: tuple[str, ...] = ()
+    reason: str = ""
+    """Why a code is invalid, for a missing-code hit on a bad code."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,9 @@ def settle_codes(
                         else ()
                     )
                     hits.append(
-                        CodeCheckHit(pattern, line.line_no, canonical or raw, message, holders)
+                        CodeCheckHit(
+                            pattern, line.line_no, canonical or raw, message, holders, reason
+                        )
                     )
             if valid:  # later lines of the same settlement see this one's units
                 _add(balances, canonical, units, split_sale=line.split_sale)
