@@ -40,6 +40,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from traceability.store import ID, UTCDateTime
 
@@ -47,6 +48,20 @@ metadata: Final = MetaData()
 
 STAY: Final = "stay"
 """``item_type`` of the row that records an inpatient stay (line 0 of its settlement)."""
+
+services = Table(
+    "services",
+    metadata,
+    Column("service_code", ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("gender_restriction", String(1), nullable=True),
+    Column("min_age", Integer, nullable=True),
+    Column("max_age", Integer, nullable=True),
+    Column("max_times", Integer, nullable=True),
+    Column("period_days", Integer, nullable=True),
+)
+"""The service catalog (诊疗项目目录): with ``drugs`` (traceability), the knowledge base the
+rules read online."""
 
 patient_history = Table(
     "patient_history",
@@ -157,6 +172,7 @@ _WINDOW_SUMS = (
     .where(
         and_(
             patient_history.c.patient_id == bindparam("patient"),
+            patient_history.c.item_type == bindparam("item_type"),
             patient_history.c.item_code.in_(bindparam("items", expanding=True)),
             patient_history.c.settled_at > bindparam("since"),
             patient_history.c.settled_at <= bindparam("until"),
@@ -174,17 +190,24 @@ def window_quantities(
     conn: Connection,
     *,
     patient_id: str,
+    item_type: str,
     item_codes: Sequence[str],
     since: datetime,
     until: datetime,
 ) -> dict[str, Decimal]:
-    """The patient's billed quantity of each item in (since, until], reversed lines left out
-    (a line reversed at or before ``until`` does not count)."""
+    """The patient's billed quantity of each item (of ``item_type``) in (since, until],
+    reversed lines left out (a line reversed at or before ``until`` does not count)."""
     if not item_codes:
         return {}
     rows = conn.execute(
         _WINDOW_SUMS,
-        {"patient": patient_id, "items": sorted(item_codes), "since": since, "until": until},
+        {
+            "patient": patient_id,
+            "item_type": item_type,
+            "items": sorted(item_codes),
+            "since": since,
+            "until": until,
+        },
     )
     return {code: Decimal(total) for code, total in rows}
 
@@ -231,6 +254,24 @@ FROM settlements s LEFT JOIN reversals r USING (settlement_id)
 WHERE s.visit_type = 'inpatient' AND s.admit_date IS NOT NULL AND s.discharge_date IS NOT NULL
   AND s.settlement_id NOT IN (SELECT settlement_id FROM history_present)
 """
+
+
+def load_services(con: duckdb.DuckDBPyConnection, conn: Connection) -> int:
+    """Upsert the service catalog of the history behind ``con``."""
+    columns = [c.name for c in services.columns]
+    rows = con.sql(f"SELECT {', '.join(columns)} FROM services").to_arrow_table().to_pylist()  # noqa: S608 - our own columns
+    if not rows:
+        return 0
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(services)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["service_code"],
+            set_={c: statement.excluded[c] for c in columns if c != "service_code"},
+        ),
+        rows,
+    )
+    return len(rows)
 
 
 def load_history(

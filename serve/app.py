@@ -13,13 +13,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Body, FastAPI, HTTPException, Request, Response
+from fastapi import Body, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from serve import scoring
+from serve import blacklist, scoring
+from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
+    BlacklistIn,
+    BlacklistOut,
     ReversalIn,
     ReversalOut,
     ScoreOut,
@@ -42,6 +45,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
         app.state.engine = engine or create_store_engine(settings.store_url)
+        app.state.rules = RuleBaseInForce(settings.rules_file)
         try:
             yield
         finally:
@@ -65,7 +69,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @app.post("/v1/score", response_model=ScoreOut, tags=["scoring"])
     async def score(settlement: SettlementIn, request: Request) -> Response:
         body = scoring.score(
-            request.app.state.engine, settlement, settlement.model_dump_json().encode()
+            request.app.state.engine,
+            settlement,
+            settlement.model_dump_json().encode(),
+            request.app.state.rules.current(),
         )
         return Response(content=body, media_type=JSON)
 
@@ -101,6 +108,34 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 ],
             )
         return TraceEventsOut(received=len(events), recorded=recorded)
+
+    @app.get("/v1/admin/blacklist", response_model=list[BlacklistOut], tags=["admin"])
+    async def blacklist_list(request: Request) -> list[BlacklistOut]:
+        return [
+            BlacklistOut(institution_id=i, reason=r, added_at=a)
+            for i, r, a in blacklist.listed(request.app.state.engine)
+        ]
+
+    @app.put("/v1/admin/blacklist/{institution_id}", response_model=BlacklistOut, tags=["admin"])
+    async def blacklist_put(
+        institution_id: Annotated[str, Path(min_length=1, max_length=64)],
+        entry: BlacklistIn,
+        request: Request,
+    ) -> BlacklistOut:
+        engine = request.app.state.engine
+        blacklist.add(engine, institution_id, entry.reason)
+        for i, r, a in blacklist.listed(engine):
+            if i == institution_id:
+                return BlacklistOut(institution_id=i, reason=r, added_at=a)
+        raise HTTPException(status_code=500, detail="listed, then not found")  # pragma: no cover
+
+    @app.delete("/v1/admin/blacklist/{institution_id}", status_code=204, tags=["admin"])
+    async def blacklist_delete(institution_id: str, request: Request) -> Response:
+        if not blacklist.remove(request.app.state.engine, institution_id):
+            raise HTTPException(
+                status_code=404, detail=f"{institution_id} is not on the black list"
+            )
+        return Response(status_code=204)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -89,11 +89,21 @@ def _require_valid(data_dir: Path) -> None:
 @click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB's memory limit")
 def screen(data_dir: Path, out_dir: Path, memory_limit: str) -> None:
     """Screen a whole history: OUT/flags.parquet, OUT/flags.csv and OUT/groups.parquet."""
+    from serve import blacklist
     from serve.screening import screen as run_screening
+    from serve.store import create_store_engine, store_exists
 
     _require_valid(data_dir)
+    settings = Settings()
+    listed: set[str] = set()
+    if store_exists(settings.store_url):  # the black list is kept in the store
+        engine = create_store_engine(settings.store_url)
+        try:
+            listed = blacklist.listed_ids(engine)
+        finally:
+            engine.dispose()
     started = time.perf_counter()
-    result = run_screening(data_dir, out_dir, memory_limit=memory_limit)
+    result = run_screening(data_dir, out_dir, memory_limit=memory_limit, blacklist=listed)
     seconds = time.perf_counter() - started
     click.echo(f"{len(result.flags)} flag(s) in {seconds:.1f} s -> {result.flags_path}")
     for pattern, count in result.counts().items():
@@ -110,6 +120,59 @@ def load(data_dir: Path) -> None:
     settings = Settings()
     added = load_folder(data_dir, settings.store_url)
     click.echo(f"loaded {data_dir} into {settings.store_url}: {added}")
+
+
+@main.group("blacklist")
+def blacklist_group() -> None:
+    """The black list of institutions (kept in the store)."""
+
+
+@blacklist_group.command("add")
+@click.argument("institution_id")
+@click.option("--reason", required=True, help="why, in words an inspector can read")
+def blacklist_add(institution_id: str, reason: str) -> None:
+    from serve import blacklist
+    from serve.store import create_store_engine, upgrade
+
+    settings = Settings()
+    upgrade(settings.store_url)
+    engine = create_store_engine(settings.store_url)
+    try:
+        added = blacklist.add(engine, institution_id, reason)
+    finally:
+        engine.dispose()
+    click.echo(f"{institution_id} {'listed' if added else 'was listed already'}")
+
+
+@blacklist_group.command("remove")
+@click.argument("institution_id")
+def blacklist_remove(institution_id: str) -> None:
+    from serve import blacklist
+    from serve.store import create_store_engine
+
+    engine = create_store_engine(Settings().store_url)
+    try:
+        removed = blacklist.remove(engine, institution_id)
+    finally:
+        engine.dispose()
+    if not removed:
+        raise click.ClickException(f"{institution_id} is not on the black list")
+    click.echo(f"{institution_id} taken off the black list")
+
+
+@blacklist_group.command("list")
+def blacklist_list() -> None:
+    from serve import blacklist
+    from serve.store import create_store_engine
+
+    engine = create_store_engine(Settings().store_url)
+    try:
+        rows = blacklist.listed(engine) if blacklist.listed_ids(engine) else []
+    finally:
+        engine.dispose()
+    for institution, reason, added_at in rows:
+        click.echo(f"{institution}\t{added_at.isoformat()}\t{reason}")
+    click.echo(f"{len(rows)} institution(s) on the black list")
 
 
 @main.group()

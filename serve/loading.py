@@ -6,6 +6,7 @@ from pathlib import Path
 
 from features.batch import open_history
 from features.store import load_history as load_patient_history
+from features.store import load_services
 from serve.store import create_store_engine, upgrade
 from traceability.batch import screen_codes
 from traceability.history import HistoryLoad, load_history
@@ -25,6 +26,7 @@ def load_folder(data_dir: Path, store_url: str, *, memory_limit: str = "4GB") ->
         screen_codes(con)
         with engine.begin() as conn:
             loaded = load_history(con, conn)
+            load_services(con, conn)
             load_patient_history(con, conn)
             return loaded
     finally:

@@ -21,6 +21,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from features.load import load_tables
+from features.store import services
 from serve import scoring
 from serve.schemas import SettlementIn
 from traceability.checks import StockEvent
@@ -92,6 +93,9 @@ def replay(data_dir: Path, engine: Engine) -> Iterator[Replayed]:
     with engine.begin() as conn:
         drug_rows = _records(tables["drugs"][[c.name for c in drugs.columns]])
         conn.execute(drugs.insert(), drug_rows)
+        conn.execute(
+            services.insert(), _records(tables["services"][[c.name for c in services.columns]])
+        )
         conn.execute(
             products.insert(), _records(tables["products"][[c.name for c in products.columns]])
         )

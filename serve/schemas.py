@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from rules.base import Action
 from traceability.codes import InvalidTraceCode, try_parse_trace_code
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -130,7 +131,8 @@ class SettlementIn(Strict):
 class HitOut(BaseModel):
     rule_id: str
     pattern: str
-    action: Decision
+    action: Action
+    """What the rule asks: ``reject``, ``review`` or ``info``."""
     line_no: int | None = None
     message: str
 
@@ -185,3 +187,13 @@ class TraceEventIn(Strict):
 class TraceEventsOut(BaseModel):
     received: int
     recorded: int
+
+
+class BlacklistIn(Strict):
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500, strip_whitespace=True)]
+
+
+class BlacklistOut(BaseModel):
+    institution_id: str
+    reason: str
+    added_at: LocalTime

@@ -10,14 +10,16 @@ import time
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from features.store import HistoryLine, record_settlement, reverse_settlement
-from serve.decision import code_hits, decide
+from rules.base import RuleBase, shipped_rulebase
+from rules.online import LineView, SettlementView, evaluate
+from serve.decision import decide, rule_hits
 from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
-from serve.tables import decisions, reversals
-from traceability.ledger import DrugLine, release_codes, settle_codes
+from serve.tables import blacklist, decisions, reversals, rule_executions
+from traceability.ledger import DrugLine, check_codes, release_codes
 
 
 def _stored(conn: Connection, settlement_id: str) -> bytes | None:
@@ -27,9 +29,45 @@ def _stored(conn: Connection, settlement_id: str) -> bytes | None:
     return row.response.encode() if row else None
 
 
-def score(engine: Engine, settlement: SettlementIn, raw_body: bytes) -> bytes:
-    """The JSON answer for ``settlement``: the stored one if it was scored before."""
+def _view(settlement: SettlementIn) -> SettlementView:
+    return SettlementView(
+        settlement_id=settlement.settlement_id,
+        institution_id=settlement.institution_id,
+        patient_id=settlement.patient.patient_id,
+        patient_gender=settlement.patient.gender.value,
+        birth_date=settlement.patient.birth_date,
+        settled_at=settlement.settled_at,
+        visit_type=settlement.visit_type.value,
+        lines=tuple(
+            LineView(i.line_no, i.item_type.value, i.item_code, i.quantity, i.amount)
+            for i in settlement.items
+        ),
+        admit_date=settlement.admit_date,
+        discharge_date=settlement.discharge_date,
+        diagnosis_code=settlement.diagnosis_code,
+    )
+
+
+_BLACKLISTED = select(blacklist.c.institution_id).where(
+    blacklist.c.institution_id == bindparam("institution")
+)
+
+
+def is_blacklisted(conn: Connection, institution_id: str) -> bool:
+    return conn.execute(_BLACKLISTED, {"institution": institution_id}).first() is not None
+
+
+def score(
+    engine: Engine,
+    settlement: SettlementIn,
+    raw_body: bytes,
+    rulebase: RuleBase | None = None,
+) -> bytes:
+    """The JSON answer for ``settlement``: the stored one if it was scored before.
+
+    ``rulebase``: the rule base in force (the shipped one unless given)."""
     started = time.perf_counter()
+    rulebase = rulebase or shipped_rulebase()
     try:
         with engine.begin() as conn:
             stored = _stored(conn, settlement.settlement_id)
@@ -47,15 +85,24 @@ def score(engine: Engine, settlement: SettlementIn, raw_body: bytes) -> bytes:
                 for item in settlement.items
                 if item.item_type is ItemType.DRUG
             ]
-            hits = code_hits(
-                settle_codes(
-                    conn,
-                    settlement_id=settlement.settlement_id,
-                    institution_id=settlement.institution_id,
-                    settled_at=settlement.settled_at,
-                    lines=lines,
-                )
+            checked = check_codes(
+                conn,
+                settlement_id=settlement.settlement_id,
+                institution_id=settlement.institution_id,
+                settled_at=settlement.settled_at,
+                lines=lines,
             )
+            executions = evaluate(
+                conn,
+                rulebase,
+                _view(settlement),
+                trace_hits=checked.hits,
+                blacklisted=is_blacklisted(conn, settlement.institution_id),
+            )
+            hits = rule_hits(executions)
+            decision, risk = decide(hits)
+            if decision is not Decision.REJECT:  # a rejected settlement takes no pack
+                checked.consume()
             record_settlement(
                 conn,
                 settlement_id=settlement.settlement_id,
@@ -70,7 +117,6 @@ def score(engine: Engine, settlement: SettlementIn, raw_body: bytes) -> bytes:
                 discharge_date=settlement.discharge_date,
                 diagnosis_code=settlement.diagnosis_code,
             )
-            decision, risk = decide(hits)
             answer = ScoreOut(
                 settlement_id=settlement.settlement_id,
                 decision=decision,
@@ -93,7 +139,22 @@ def score(engine: Engine, settlement: SettlementIn, raw_body: bytes) -> bytes:
                     response=body.decode(),
                     latency_us=int((time.perf_counter() - started) * 1e6),
                     decided_at=datetime.now(UTC),
+                    rulebase_version=rulebase.version,
+                    rulebase_sha256=rulebase.checksum,
                 )
+            )
+            conn.execute(
+                insert(rule_executions),
+                [
+                    {
+                        "settlement_id": settlement.settlement_id,
+                        "rule_id": e.rule.id,
+                        "outcome": e.outcome.value,
+                        "micros": e.micros,
+                        "error": e.error or None,
+                    }
+                    for e in executions
+                ],
             )
             return body
     except IntegrityError:

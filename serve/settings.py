@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the store; SQLite in the data folder if unset"
     )
+    rules_file: Path | None = Field(
+        default=None, description="the rule base in force; the shipped rules/rulebase.yaml if unset"
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; a local store in the data folder if unset"
     )

@@ -58,6 +58,14 @@ def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
+def store_exists(url: str) -> bool:
+    """Whether there is a store at ``url`` to read (a SQLite file is made by connecting)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return bool(parsed.database) and Path(str(parsed.database)).is_file()
+    return True
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(resources.files("serve") / "migrations"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import Column, Integer, MetaData, Numeric, String, Table, Text
+from sqlalchemy import Column, Integer, MetaData, Numeric, PrimaryKeyConstraint, String, Table, Text
 
 from traceability.store import ID, UTCDateTime
 
@@ -23,7 +23,30 @@ decisions = Table(
     Column("response", Text, nullable=False),
     Column("latency_us", Integer, nullable=False),
     Column("decided_at", UTCDateTime(), nullable=False),
+    Column("rulebase_version", String(64), nullable=False),
+    Column("rulebase_sha256", String(64), nullable=False),
 )
+
+rule_executions = Table(
+    "rule_executions",
+    metadata,
+    Column("settlement_id", ID, nullable=False),
+    Column("rule_id", String(64), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("micros", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    PrimaryKeyConstraint("settlement_id", "rule_id"),
+)
+"""Every rule run on every decided settlement: hit, no hit or error, and how long it took."""
+
+blacklist = Table(
+    "blacklist",
+    metadata,
+    Column("institution_id", ID, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("added_at", UTCDateTime(), nullable=False),
+)
+"""Institutions whose settlements the ``blacklisted_institution`` rules catch."""
 
 reversals = Table(
     "reversals",

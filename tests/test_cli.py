@@ -110,3 +110,25 @@ def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", "--data", str(tmp_path / "nope")])
     assert result.exit_code != 0
     assert "no such folder" in result.output
+
+
+def test_the_black_list_is_kept_in_the_store_and_screening_uses_it(
+    csv_province: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FUNDGUARD_DATA_DIR", str(tmp_path / "data"))
+    runner = CliRunner()
+    institution = pd.read_csv(csv_province / "settlements.csv", dtype=str)["institution_id"].iloc[0]
+    added = runner.invoke(main, ["blacklist", "add", institution, "--reason", "暂停协议"])
+    assert added.exit_code == 0, added.output
+    assert "1 institution(s)" in runner.invoke(main, ["blacklist", "list"]).output
+    out = tmp_path / "out"
+    assert (
+        runner.invoke(main, ["screen", "--data", str(csv_province), "--out", str(out)]).exit_code
+        == 0
+    )
+    flags = pd.read_parquet(out / "flags.parquet")
+    listed = flags[flags["pattern"] == "blacklisted_institution"]
+    assert len(listed) > 0
+    assert set(listed["action"]) == {"reject"}
+    assert runner.invoke(main, ["blacklist", "remove", institution]).exit_code == 0
+    assert runner.invoke(main, ["blacklist", "remove", institution]).exit_code != 0

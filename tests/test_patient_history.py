@@ -40,19 +40,28 @@ def test_window_quantities_count_the_half_open_window_and_skip_reversals(store: 
 
         def count(since: datetime, until: datetime) -> Decimal:
             got = window_quantities(
-                conn, patient_id="U1", item_codes=[HBA1C], since=since, until=until
+                conn,
+                patient_id="U1",
+                item_type="service",
+                item_codes=[HBA1C],
+                since=since,
+                until=until,
             )
             return got.get(HBA1C, Decimal(0))
 
         assert count(day(89) - timedelta(days=90), day(89)) == 2  # S1, S3 (S2 reversed)
         assert count(day(30) - timedelta(days=90), day(30)) == 2  # S2 counts before its reversal
         assert count(day(0), day(89)) == 1  # (since, until]: S1 at `since` is out
-        assert (
-            window_quantities(
-                conn, patient_id="U2", item_codes=[HBA1C], since=day(-1), until=day(100)
+        for patient, item_type in (("U2", "service"), ("U1", "drug")):  # nobody's, another type
+            got = window_quantities(
+                conn,
+                patient_id=patient,
+                item_type=item_type,
+                item_codes=[HBA1C],
+                since=day(-1),
+                until=day(100),
             )
-            == {}
-        )
+            assert got == {}
 
 
 def test_earlier_stays_are_the_patients_stays_before_a_time(store: Engine) -> None:

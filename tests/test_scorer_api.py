@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from features.store import services
+from rules.base import shipped_rulebase
 from serve.app import create_app
 from serve.settings import Settings
-from serve.tables import decisions
+from serve.tables import blacklist, decisions, rule_executions
 from traceability.codes import gs1_hri, gs1_raw
 from traceability.store import drugs, ledger_entries, products
 
@@ -222,3 +225,111 @@ def test_a_bad_code_hit_says_why_the_code_is_invalid(client: TestClient) -> None
     hit = client.post("/v1/score", json=body).json()["hits"][0]
     assert hit["rule_id"] == "TC001"
     assert "check digit" in hit["message"]
+
+
+def service_settlement(settlement_id: str, code: str, gender: str, at: str) -> dict[str, Any]:
+    body = settlement(settlement_id, settled_at=at)
+    body["patient"]["gender"] = gender
+    body["visit_type"] = "outpatient"
+    body["items"] = [
+        {"line_no": 1, "item_type": "service", "item_code": code, "quantity": 1,
+         "unit_price": "48.00", "amount": "48.00"}
+    ]  # fmt: skip
+    return body
+
+
+@pytest.fixture
+def knowledge(store: Engine) -> None:
+    with store.begin() as conn:
+        conn.execute(
+            services.insert(),
+            [
+                {"service_code": "PSA", "name": "前列腺特异性抗原", "gender_restriction": "M",
+                 "max_times": None, "period_days": None},
+                {"service_code": "HBA1C", "name": "糖化血红蛋白", "gender_restriction": None,
+                 "max_times": 1, "period_days": 90},
+            ],
+        )  # fmt: skip
+
+
+@pytest.mark.usefixtures("knowledge")
+def test_the_catalog_rules_run_online(client: TestClient) -> None:
+    psa = client.post("/v1/score", json=service_settlement("S1", "PSA", "F", "2025-03-01")).json()
+    assert psa["decision"] == "review"
+    assert [(h["rule_id"], h["pattern"], h["action"]) for h in psa["hits"]] == [
+        ("GR001", "gender_restriction", "review")
+    ]
+    first = service_settlement("S2", "HBA1C", "F", "2025-03-01T10:00:00+08:00")
+    again = service_settlement("S3", "HBA1C", "F", "2025-05-29T10:00:00+08:00")  # 89 days
+    later = service_settlement("S4", "HBA1C", "F", "2025-08-30T10:00:00+08:00")
+    assert client.post("/v1/score", json=first).json()["decision"] == "pass"
+    assert client.post("/v1/score", json=again).json()["hits"][0]["rule_id"] == "OF001"
+    assert client.post("/v1/score", json=later).json()["decision"] == "pass"
+
+
+def test_every_rule_execution_is_recorded_with_the_rule_base(
+    client: TestClient, store: Engine
+) -> None:
+    purchase(client, C1)
+    client.post("/v1/score", json=settlement("S1", C1))
+    with store.connect() as conn:
+        executions = conn.execute(
+            select(rule_executions.c.rule_id, rule_executions.c.outcome)
+        ).all()
+        stamp = conn.execute(
+            select(decisions.c.rulebase_version, decisions.c.rulebase_sha256)
+        ).one()
+    rulebase = shipped_rulebase()
+    assert sorted(r for r, _ in executions) == sorted(r.id for r in rulebase.enabled)
+    assert {o for _, o in executions} == {"no_hit"}
+    assert stamp == (rulebase.version, rulebase.checksum)
+
+
+def test_a_rule_that_errors_never_breaks_the_decision(
+    client: TestClient, store: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("the knowledge base is unreachable")
+
+    monkeypatch.setattr("rules.online._Evaluation._gender_facts", broken)
+    purchase(client, C1)
+    answer = client.post("/v1/score", json=settlement("S1", C1)).json()
+    assert answer["decision"] == "pass"
+    with store.connect() as conn:
+        outcome, error = conn.execute(
+            select(rule_executions.c.outcome, rule_executions.c.error).where(
+                rule_executions.c.rule_id == "GR001"
+            )
+        ).one()
+    assert outcome == "error"
+    assert "unreachable" in error
+
+
+def test_a_blacklisted_institution_is_rejected_and_takes_no_pack(
+    client: TestClient, store: Engine
+) -> None:
+    purchase(client, C1)
+    with store.begin() as conn:
+        conn.execute(
+            blacklist.insert().values(
+                institution_id="P001", reason="暂停医保服务协议", added_at=datetime.now(UTC)
+            )
+        )
+    answer = client.post("/v1/score", json=settlement("S1", C1)).json()
+    assert answer["decision"] == "reject"
+    assert [h["rule_id"] for h in answer["hits"]] == ["BL001"]
+    with store.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(ledger_entries)).scalar() == 0
+
+
+def test_the_black_list_is_managed_by_the_admin_endpoints(client: TestClient) -> None:
+    purchase(client, C1)
+    listed = client.put("/v1/admin/blacklist/P001", json={"reason": "暂停医保服务协议"})
+    assert listed.status_code == 200
+    assert listed.json()["reason"] == "暂停医保服务协议"
+    assert [e["institution_id"] for e in client.get("/v1/admin/blacklist").json()] == ["P001"]
+    assert client.post("/v1/score", json=settlement("S1", C1)).json()["decision"] == "reject"
+    assert client.delete("/v1/admin/blacklist/P001").status_code == 204
+    assert client.delete("/v1/admin/blacklist/P001").status_code == 404
+    assert client.post("/v1/score", json=settlement("S2", C1)).json()["decision"] == "pass"
+    assert client.put("/v1/admin/blacklist/P001", json={"reason": ""}).status_code == 422

@@ -16,7 +16,7 @@ settlement is rejected, consumes the codes, all inside the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -53,6 +53,14 @@ class CodeCheckHit:
     earlier_settlements: tuple[str, ...] = ()
     reason: str = ""
     """Why a code is invalid, for a missing-code hit on a bad code."""
+
+
+@dataclass(frozen=True)
+class CodeCheck:
+    """The code checks of one settlement, and how to consume its codes if it is paid."""
+
+    hits: list[CodeCheckHit]
+    consume: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -157,24 +165,24 @@ def _last_stock_events(
     return last
 
 
-def settle_codes(
+def check_codes(
     conn: Connection,
     *,
     settlement_id: str,
     institution_id: str,
     settled_at: datetime,
     lines: Iterable[DrugLine],
-    consume: bool | None = None,
-) -> list[CodeCheckHit]:
+) -> CodeCheck:
     """Check one settlement's drug lines against the ledger and the stock, in ``conn``'s
-    transaction, and consume the codes unless a check fired (or ``consume`` says otherwise).
+    transaction; ``consume()`` on the answer settles the codes once the settlement is
+    decided (a rejected one consumes nothing).
 
     The codes stay locked until the caller's transaction ends, so the caller stores its
     decision in the same transaction and commits once.
     """
     lines = list(lines)
     if not lines:
-        return []
+        return CodeCheck([], lambda: None)
     parsed: dict[tuple[int, int], TraceCode | InvalidTraceCode] = {
         (line.line_no, i): try_parse_trace_code(raw)
         for line in lines
@@ -250,12 +258,35 @@ def settle_codes(
                 _add(balances, canonical, units, split_sale=line.split_sale)
                 sales.append(_Sale(line.line_no, position, canonical, units, line.split_sale))
 
-    if consume if consume is not None else not hits:
+    def consume() -> None:
         new = [sale for sale in sales if (sale.line_no, sale.position) not in held]
         for sale in new:
             _add(locked, sale.canonical, sale.units, split_sale=sale.split_sale)
         _consume(conn, settlement_id, settled_at, new, locked)
-    return hits
+
+    return CodeCheck(hits, consume)
+
+
+def settle_codes(
+    conn: Connection,
+    *,
+    settlement_id: str,
+    institution_id: str,
+    settled_at: datetime,
+    lines: Iterable[DrugLine],
+    consume: bool | None = None,
+) -> list[CodeCheckHit]:
+    """``check_codes``, then consume the codes unless a check fired (or ``consume`` says)."""
+    checked = check_codes(
+        conn,
+        settlement_id=settlement_id,
+        institution_id=institution_id,
+        settled_at=settled_at,
+        lines=lines,
+    )
+    if consume if consume is not None else not checked.hits:
+        checked.consume()
+    return checked.hits
 
 
 def _add(
