@@ -254,10 +254,13 @@ def child(engine: str, folder: Path) -> None:
 def run(engine: str, folder: Path) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", engine, str(folder)],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
     )
+    if out.returncode != 0:
+        tail = "\n".join(out.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{engine} failed (exit {out.returncode}):\n{tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
