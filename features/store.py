@@ -40,9 +40,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from traceability.store import ID, UTCDateTime
+from traceability.store import ID, UTCDateTime, upsert
 
 metadata: Final = MetaData()
 
@@ -260,18 +259,7 @@ def load_services(con: duckdb.DuckDBPyConnection, conn: Connection) -> int:
     """Upsert the service catalog of the history behind ``con``."""
     columns = [c.name for c in services.columns]
     rows = con.sql(f"SELECT {', '.join(columns)} FROM services").to_arrow_table().to_pylist()  # noqa: S608 - our own columns
-    if not rows:
-        return 0
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(services)
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["service_code"],
-            set_={c: statement.excluded[c] for c in columns if c != "service_code"},
-        ),
-        rows,
-    )
-    return len(rows)
+    return upsert(conn, services, rows, "service_code")
 
 
 def load_history(

@@ -16,10 +16,17 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Connection, Table, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, func, select, update
 
-from traceability.store import drugs, ledger_codes, ledger_entries, products, stock_events
+from traceability.store import (
+    dialect_insert,
+    drugs,
+    ledger_codes,
+    ledger_entries,
+    products,
+    stock_events,
+    upsert,
+)
 
 CHUNK_ROWS: Final = 20_000
 
@@ -35,10 +42,6 @@ class HistoryLoad:
     codes: int
 
 
-def _insert(conn: Connection, table: Table) -> Any:
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
 def _batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[list[dict[str, Any]]]:
     reader = con.sql(sql).to_arrow_reader(CHUNK_ROWS)
     for batch in reader:
@@ -47,26 +50,14 @@ def _batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[list[dict[str
             yield rows
 
 
-def _upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], key: str) -> int:
-    if not rows:
-        return 0
-    statement = _insert(conn, table)
-    columns = [c.name for c in table.columns if c.name != key]
-    statement = statement.on_conflict_do_update(
-        index_elements=[key], set_={c: statement.excluded[c] for c in columns}
-    )
-    conn.execute(statement, list(rows))
-    return len(rows)
-
-
 def load_catalog(con: duckdb.DuckDBPyConnection, conn: Connection) -> tuple[int, int]:
     """Upsert the drug catalog and the product registry."""
     n_drugs = sum(
-        _upsert(conn, drugs, rows, "drug_code")
+        upsert(conn, drugs, rows, "drug_code")
         for rows in _batches(con, f"SELECT {', '.join(c.name for c in drugs.columns)} FROM drugs")  # noqa: S608 - our own columns
     )
     n_products = sum(
-        _upsert(conn, products, rows, "product_code")
+        upsert(conn, products, rows, "product_code")
         for rows in _batches(
             con,
             f"SELECT {', '.join(c.name for c in products.columns)} FROM products",  # noqa: S608 - our own columns
@@ -84,7 +75,10 @@ def load_stock(con: duckdb.DuckDBPyConnection, conn: Connection) -> int:
            FROM stock WHERE canonical IS NOT NULL""",
     ):
         result = conn.execute(
-            _insert(conn, stock_events).on_conflict_do_nothing().returning(stock_events.c.id), rows
+            dialect_insert(conn, stock_events)
+            .on_conflict_do_nothing()
+            .returning(stock_events.c.id),
+            rows,
         )
         added += len(result.fetchall())
     return added
@@ -140,7 +134,7 @@ def _recompute_codes(conn: Connection, canonicals: Sequence[str]) -> None:
             .group_by(ledger_entries.c.canonical_code, ledger_entries.c.split_sale)
         ):
             totals[row[0]]["split_units" if row[1] else "full_units"] = row[2]
-        statement = _insert(conn, ledger_codes).on_conflict_do_nothing()
+        statement = dialect_insert(conn, ledger_codes).on_conflict_do_nothing()
         conn.execute(statement, list(totals.values()))
         conn.execute(
             update(ledger_codes)

@@ -27,7 +27,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from traceability.checks import CHECKS, CodeFacts, StockEvent, TracePattern
 from traceability.codes import InvalidTraceCode, TraceCode, try_parse_trace_code
-from traceability.store import drugs, ledger_codes, ledger_entries, products, stock_events
+from traceability.store import (
+    dialect_insert,
+    drugs,
+    ledger_codes,
+    ledger_entries,
+    products,
+    stock_events,
+)
 
 
 @dataclass(frozen=True)
@@ -389,9 +396,9 @@ def record_stock_events(conn: Connection, events: Sequence[StockEventIn]) -> int
     ]
     if not rows:
         return 0
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     result = conn.execute(
-        dialect_insert(stock_events).on_conflict_do_nothing().returning(stock_events.c.id), rows
+        dialect_insert(conn, stock_events).on_conflict_do_nothing().returning(stock_events.c.id),
+        rows,
     )
     return len(result.fetchall())
 

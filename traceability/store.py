@@ -27,7 +27,8 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
 metadata: Final = MetaData()
@@ -120,3 +121,23 @@ stock_events = Table(
         "canonical_code", "institution_id", "event_at", "event_type", name="uq_stock_event"
     ),
 )
+
+
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """``INSERT`` with ``ON CONFLICT`` for the store's dialect (PostgreSQL or SQLite)."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], key: str) -> int:
+    """Insert ``rows``, replacing the columns of rows whose ``key`` exists; how many."""
+    if not rows:
+        return 0
+    statement = dialect_insert(conn, table)
+    columns = [c.name for c in table.columns if c.name != key]
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[key], set_={c: statement.excluded[c] for c in columns}
+        ),
+        rows,
+    )
+    return len(rows)
