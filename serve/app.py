@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
+import orjson
 from fastapi import Body, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from serve import blacklist, scoring
+from serve.metrics import Metrics
 from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
     BlacklistIn,
@@ -59,6 +61,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.middleware("http")(metrics.middleware)
+
     @app.exception_handler(DBAPIError)
     async def store_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
         return JSONResponse(
@@ -74,6 +80,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             settlement.model_dump_json().encode(),
             request.app.state.rules.current(),
         )
+        answer = orjson.loads(body)
+        metrics.decisions.labels(answer["decision"]).inc()
+        for hit in answer["hits"]:
+            metrics.hits.labels(hit["rule_id"], hit["action"]).inc()
         return Response(content=body, media_type=JSON)
 
     @app.post(
@@ -136,6 +146,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 status_code=404, detail=f"{institution_id} is not on the black list"
             )
         return Response(status_code=204)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus() -> Response:
+        return metrics.exposition()
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

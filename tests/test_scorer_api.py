@@ -333,3 +333,16 @@ def test_the_black_list_is_managed_by_the_admin_endpoints(client: TestClient) ->
     assert client.delete("/v1/admin/blacklist/P001").status_code == 404
     assert client.post("/v1/score", json=settlement("S2", C1)).json()["decision"] == "pass"
     assert client.put("/v1/admin/blacklist/P001", json={"reason": ""}).status_code == 422
+
+
+def test_metrics_count_requests_decisions_and_rule_hits(client: TestClient) -> None:
+    purchase(client, C1)
+    client.post("/v1/score", json=settlement("S1", C1))
+    client.post("/v1/score", json=settlement("S2", C1))  # a duplicate: TC002
+    client.post("/v1/settlements/S1/reversal", json={"reversed_at": "2025-03-02T09:00:00+08:00"})
+    text = client.get("/metrics").text
+    assert 'fundguard_decisions_total{decision="pass"} 1.0' in text
+    assert 'fundguard_decisions_total{decision="reject"} 1.0' in text
+    assert 'fundguard_rule_hits_total{action="reject",rule_id="TC002"} 1.0' in text
+    assert 'route="/v1/settlements/{settlement_id}/reversal"' in text  # the route, not the id
+    assert 'fundguard_request_seconds_count{method="POST",route="/v1/score"} 2.0' in text
