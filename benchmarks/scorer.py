@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, insert, text
 
+from serve.keys import Role, create_key
 from serve.store import create_store_engine, upgrade
 from traceability.store import drugs, ledger_codes, products, stock_events
 
@@ -81,7 +82,7 @@ def body(i: int, base: int) -> dict[str, object]:
     }
 
 
-def prepare_store(url: str, ledger: int, requests: int) -> int:
+def prepare_store(url: str, ledger: int, requests: int) -> tuple[int, dict[str, str]]:
     """Catalog, a ledger of ``ledger`` settled codes, and purchases of the codes to be sold."""
     upgrade(url)
     engine = create_store_engine(url)
@@ -112,8 +113,9 @@ def prepare_store(url: str, ledger: int, requests: int) -> int:
                     for n in wanted[start : start + 50_000]
                 ],
             )
+    key = create_key(engine, Role.SETTLEMENT, label="benchmark")
     engine.dispose()
-    return base
+    return base, {"Authorization": f"Bearer {key}"}
 
 
 def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -133,13 +135,13 @@ def start(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[b
 
 
 async def load(
-    port: int, bodies: list[dict[str, object]], concurrency: int
+    port: int, bodies: list[dict[str, object]], concurrency: int, headers: dict[str, str]
 ) -> tuple[float, list[float]]:
     latencies: list[float] = []
     queue = iter(bodies)
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
+        base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30, headers=headers
     ) as client:
 
         async def worker() -> None:
@@ -182,7 +184,7 @@ def main() -> None:
                 with admin.connect() as conn:
                     conn.execute(text(f'CREATE DATABASE "{name}"'))
                 url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-            base = prepare_store(url, args.ledger, args.requests)
+            base, headers = prepare_store(url, args.ledger, args.requests)
             env = {
                 **os.environ,
                 "FUNDGUARD_DATABASE_URL": url,
@@ -201,7 +203,9 @@ def main() -> None:
                 for concurrency in (1, 16):
                     for kind in ("bare", "scorer"):
                         bodies = [body(offset + i, base) for i in range(args.requests)]
-                        seconds, latencies = asyncio.run(load(ports[kind], bodies, concurrency))
+                        seconds, latencies = asyncio.run(
+                            load(ports[kind], bodies, concurrency, headers)
+                        )
                         print(
                             report(f"{store} {kind} x{concurrency}", seconds, latencies), flush=True
                         )

@@ -8,18 +8,20 @@ these machines a sync handler costs about four times the CPU (FLOORS.md).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
-from fastapi import Body, FastAPI, HTTPException, Path, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from serve import blacklist, scoring
+from serve.keys import Caller, KeyRing, Role
 from serve.metrics import Metrics
 from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
@@ -38,6 +40,41 @@ from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 
 JSON = "application/json"
+_bearer = HTTPBearer(auto_error=False, description="an API key: `fundguard keys create`")
+
+
+def requires(*roles: Role) -> Callable[..., Awaitable[Caller]]:
+    """A dependency admitting callers whose key has one of ``roles`` (admin: every role)."""
+
+    async def caller(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        if credentials is None:
+            raise HTTPException(
+                status_code=401,
+                detail="an API key is needed: Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        found: Caller | None = request.app.state.keys.caller(credentials.credentials)
+        if found is None:
+            raise HTTPException(
+                status_code=401,
+                detail="unknown or revoked API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if found.role is not Role.ADMIN and found.role not in roles:
+            allowed = ", ".join(r.value for r in roles)
+            raise HTTPException(
+                status_code=403, detail=f"a {found.role.value} key may not do this ({allowed} only)"
+            )
+        return found
+
+    return caller
+
+
+SettlementSystem = Annotated[Caller, Depends(requires(Role.SETTLEMENT))]
+Admin = Annotated[Caller, Depends(requires(Role.ADMIN))]
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
@@ -48,6 +85,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         own = engine is None
         app.state.engine = engine or create_store_engine(settings.store_url)
         app.state.rules = RuleBaseInForce(settings.rules_file)
+        app.state.keys = KeyRing(app.state.engine)
         try:
             yield
         finally:
@@ -73,7 +111,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         )
 
     @app.post("/v1/score", response_model=ScoreOut, tags=["scoring"])
-    async def score(settlement: SettlementIn, request: Request) -> Response:
+    async def score(settlement: SettlementIn, request: Request, _: SettlementSystem) -> Response:
         body = scoring.score(
             request.app.state.engine,
             settlement,
@@ -92,7 +130,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         responses={404: {"description": "no decision for this settlement"}},
         tags=["scoring"],
     )
-    async def reversal(settlement_id: str, reversal: ReversalIn, request: Request) -> ReversalOut:
+    async def reversal(
+        settlement_id: str, reversal: ReversalIn, request: Request, _: SettlementSystem
+    ) -> ReversalOut:
         try:
             return scoring.reverse(request.app.state.engine, settlement_id, reversal.reversed_at)
         except scoring.UnknownSettlement:
@@ -102,7 +142,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/v1/trace-events", response_model=TraceEventsOut, tags=["traceability"])
     async def trace_events(
-        events: Annotated[list[TraceEventIn], Body(max_length=10_000)], request: Request
+        events: Annotated[list[TraceEventIn], Body(max_length=10_000)],
+        request: Request,
+        _: SettlementSystem,
     ) -> TraceEventsOut:
         with request.app.state.engine.begin() as conn:
             recorded = record_stock_events(
@@ -120,7 +162,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         return TraceEventsOut(received=len(events), recorded=recorded)
 
     @app.get("/v1/admin/blacklist", response_model=list[BlacklistOut], tags=["admin"])
-    async def blacklist_list(request: Request) -> list[BlacklistOut]:
+    async def blacklist_list(request: Request, _: Admin) -> list[BlacklistOut]:
         return [
             BlacklistOut(institution_id=i, reason=r, added_at=a)
             for i, r, a in blacklist.listed(request.app.state.engine)
@@ -131,6 +173,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         institution_id: Annotated[str, Path(min_length=1, max_length=64)],
         entry: BlacklistIn,
         request: Request,
+        _: Admin,
     ) -> BlacklistOut:
         engine = request.app.state.engine
         blacklist.add(engine, institution_id, entry.reason)
@@ -140,7 +183,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         raise HTTPException(status_code=500, detail="listed, then not found")  # pragma: no cover
 
     @app.delete("/v1/admin/blacklist/{institution_id}", status_code=204, tags=["admin"])
-    async def blacklist_delete(institution_id: str, request: Request) -> Response:
+    async def blacklist_delete(institution_id: str, request: Request, _: Admin) -> Response:
         if not blacklist.remove(request.app.state.engine, institution_id):
             raise HTTPException(
                 status_code=404, detail=f"{institution_id} is not on the black list"

@@ -176,6 +176,50 @@ def blacklist_list() -> None:
 
 
 @main.group()
+def keys() -> None:
+    """API keys of the scorer (roles: settlement, inspector, admin)."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(("settlement", "inspector", "admin")), required=True)
+@click.option("--region", "regions", multiple=True, help="a region an inspector may see")
+@click.option("--label", default="", help="whose key it is, in words")
+def keys_create(role: str, regions: tuple[str, ...], label: str) -> None:
+    """Make a key; it is printed once, on the last line, and never stored."""
+    from serve.keys import Role, create_key
+    from serve.store import create_store_engine, upgrade
+
+    settings = Settings()
+    upgrade(settings.store_url)
+    engine = create_store_engine(settings.store_url)
+    try:
+        key = create_key(engine, Role(role), regions, label)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"a {role} key{' for ' + ', '.join(regions) if regions else ''}; keep it now:")
+    click.echo(key)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the part between ``fg_`` and the next ``_``)."""
+    from serve.keys import revoke_key
+    from serve.store import create_store_engine
+
+    engine = create_store_engine(Settings().store_url)
+    try:
+        revoked = revoke_key(engine, key_id)
+    finally:
+        engine.dispose()
+    if not revoked:
+        raise click.ClickException(f"no live key {key_id}")
+    click.echo(f"key {key_id} revoked")
+
+
+@main.group()
 def db() -> None:
     """The store's schema."""
 
@@ -230,17 +274,25 @@ def demo(seed: int, scale: str) -> None:
     import orjson
 
     from serve.demo import example_request
+    from serve.keys import Role, create_key
+    from serve.store import create_store_engine
 
     example = settings.data_dir / "example-settlement.json"
     example.write_bytes(orjson.dumps(example_request(province), option=orjson.OPT_INDENT_2))
+    engine = create_store_engine(settings.store_url)
+    try:
+        key = create_key(engine, Role.SETTLEMENT, label="demo")
+    finally:
+        engine.dispose()
     click.echo(f"the province is in {province.resolve()}")
     click.echo(f"its flags are in {screened.resolve() / 'flags.parquet'} (and flags.csv)")
     click.echo(f"the store is {settings.store_url}")
     click.echo("start the scorer with `fundguard serve`, then try a settlement:")
     click.echo(
         "  curl -s -X POST http://127.0.0.1:8000/v1/score -H 'Content-Type: application/json'"
-        f" -d @{example.resolve()}"
+        f" -H 'Authorization: Bearer {key}' -d @{example.resolve()}"
     )
+    click.echo("(a settlement-system key made for the demo; more with `fundguard keys create`)")
 
 
 @main.group()

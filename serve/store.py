@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 
 from features import store as features_store
+from serve import keys as serve_keys
 from serve import tables as serve_tables
 from traceability import store as traceability_store
 
@@ -28,6 +29,7 @@ METADATA: tuple[MetaData, ...] = (
     traceability_store.metadata,
     features_store.metadata,
     serve_tables.metadata,
+    serve_keys.metadata,
 )
 """Every table the store holds, by the layer that owns it (Alembic compares against these)."""
 

@@ -81,3 +81,10 @@ def province_flags(province: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("screened")
     screen(province, out)
     return out
+
+
+def bearer(engine: Engine, role: str, *regions: str) -> dict[str, str]:
+    """The Authorization header of a new key of ``role``."""
+    from serve.keys import Role, create_key
+
+    return {"Authorization": f"Bearer {create_key(engine, Role(role), regions)}"}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import bearer
 from sqlalchemy import func, select
 
 from serve.store import create_store_engine
@@ -34,6 +35,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def headers(store_url: str) -> dict[str, str]:
+    engine = create_store_engine(store_url)
+    try:
+        return bearer(engine, "settlement")
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -110,7 +120,9 @@ def body(settlement_id: str, pack: int) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_exactly_one_settlement_wins_each_pack(servers: list[str], store_url: str) -> None:
+def test_exactly_one_settlement_wins_each_pack(
+    servers: list[str], store_url: str, headers: dict[str, str]
+) -> None:
     events = [
         {
             "trace_code": code(n),
@@ -120,12 +132,14 @@ def test_exactly_one_settlement_wins_each_pack(servers: list[str], store_url: st
         }
         for n in range(PACKS)
     ]
-    assert httpx.post(f"{servers[0]}/v1/trace-events", json=events).status_code == 200
+    assert (
+        httpx.post(f"{servers[0]}/v1/trace-events", json=events, headers=headers).status_code == 200
+    )
     requests = [(f"S{pack}-{rival}", pack) for rival in range(RIVALS) for pack in range(PACKS)]
 
     def send(i: int) -> tuple[str, int, str]:
         settlement_id, pack = requests[i]
-        with httpx.Client(base_url=servers[i % 2], timeout=60) as client:
+        with httpx.Client(base_url=servers[i % 2], timeout=60, headers=headers) as client:
             answer = client.post("/v1/score", json=body(settlement_id, pack))
         assert answer.status_code == 200, answer.text
         return settlement_id, pack, answer.json()["decision"]
@@ -146,7 +160,7 @@ def test_exactly_one_settlement_wins_each_pack(servers: list[str], store_url: st
 
 @pytest.mark.slow
 def test_one_settlement_asked_for_at_once_is_decided_once(
-    servers: list[str], store_url: str
+    servers: list[str], store_url: str, headers: dict[str, str]
 ) -> None:
     events = [
         {
@@ -156,10 +170,10 @@ def test_one_settlement_asked_for_at_once_is_decided_once(
             "event_at": "2025-02-01T09:00:00+08:00",
         }
     ]
-    httpx.post(f"{servers[0]}/v1/trace-events", json=events)
+    httpx.post(f"{servers[0]}/v1/trace-events", json=events, headers=headers)
 
     def send(i: int) -> bytes:
-        with httpx.Client(base_url=servers[i % 2], timeout=60) as client:
+        with httpx.Client(base_url=servers[i % 2], timeout=60, headers=headers) as client:
             return client.post("/v1/score", json=body("SAME", 0)).content
 
     with ThreadPoolExecutor(CLIENTS) as pool:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import bearer
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -48,7 +49,9 @@ def client(store: Engine, rules_file: Path, tmp_path: Path) -> Iterator[TestClie
               "max_times": None, "period_days": None}],
         )  # fmt: skip
     settings = Settings(data_dir=tmp_path, rules_file=rules_file)
-    with TestClient(create_app(settings, engine=store)) as client:
+    with TestClient(
+        create_app(settings, engine=store), headers=bearer(store, "settlement")
+    ) as client:
         client.app.state.rules.check_every = 0  # type: ignore[attr-defined]
         yield client
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import bearer
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
@@ -44,7 +45,9 @@ def client(store: Engine) -> Iterator[TestClient]:
                 {"product_code": GTIN, "drug_code": "D3"},
             ],
         )
-    with TestClient(create_app(Settings(), engine=store)) as client:
+    with TestClient(
+        create_app(Settings(), engine=store), headers=bearer(store, "settlement")
+    ) as client:
         yield client
 
 
@@ -322,17 +325,24 @@ def test_a_blacklisted_institution_is_rejected_and_takes_no_pack(
         assert conn.execute(select(func.count()).select_from(ledger_entries)).scalar() == 0
 
 
-def test_the_black_list_is_managed_by_the_admin_endpoints(client: TestClient) -> None:
+def test_the_black_list_is_managed_by_the_admin_endpoints(
+    client: TestClient, store: Engine
+) -> None:
+    admin = bearer(store, "admin")
     purchase(client, C1)
-    listed = client.put("/v1/admin/blacklist/P001", json={"reason": "暂停医保服务协议"})
+    listed = client.put(
+        "/v1/admin/blacklist/P001", json={"reason": "暂停医保服务协议"}, headers=admin
+    )
     assert listed.status_code == 200
     assert listed.json()["reason"] == "暂停医保服务协议"
-    assert [e["institution_id"] for e in client.get("/v1/admin/blacklist").json()] == ["P001"]
+    entries = client.get("/v1/admin/blacklist", headers=admin).json()
+    assert [e["institution_id"] for e in entries] == ["P001"]
     assert client.post("/v1/score", json=settlement("S1", C1)).json()["decision"] == "reject"
-    assert client.delete("/v1/admin/blacklist/P001").status_code == 204
-    assert client.delete("/v1/admin/blacklist/P001").status_code == 404
+    assert client.delete("/v1/admin/blacklist/P001", headers=admin).status_code == 204
+    assert client.delete("/v1/admin/blacklist/P001", headers=admin).status_code == 404
     assert client.post("/v1/score", json=settlement("S2", C1)).json()["decision"] == "pass"
-    assert client.put("/v1/admin/blacklist/P001", json={"reason": ""}).status_code == 422
+    bad = client.put("/v1/admin/blacklist/P001", json={"reason": ""}, headers=admin)
+    assert bad.status_code == 422
 
 
 def test_metrics_count_requests_decisions_and_rule_hits(client: TestClient) -> None:
@@ -346,3 +356,47 @@ def test_metrics_count_requests_decisions_and_rule_hits(client: TestClient) -> N
     assert 'fundguard_rule_hits_total{action="reject",rule_id="TC002"} 1.0' in text
     assert 'route="/v1/settlements/{settlement_id}/reversal"' in text  # the route, not the id
     assert 'fundguard_request_seconds_count{method="POST",route="/v1/score"} 2.0' in text
+
+
+ENDPOINTS = [
+    ("POST", "/v1/score", {"settlement"}),
+    ("POST", "/v1/settlements/S1/reversal", {"settlement"}),
+    ("POST", "/v1/trace-events", {"settlement"}),
+    ("GET", "/v1/admin/blacklist", set()),
+    ("PUT", "/v1/admin/blacklist/P001", set()),
+    ("DELETE", "/v1/admin/blacklist/P001", set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "roles"), ENDPOINTS, ids=[e[1] + " " + e[0] for e in ENDPOINTS]
+)
+def test_every_endpoint_checks_the_callers_role(
+    client: TestClient, store: Engine, method: str, path: str, roles: set[str]
+) -> None:
+    """No key: 401; a role the endpoint does not serve: 403; its roles and admin: not."""
+    for role in ("settlement", "inspector", "admin"):
+        headers = bearer(store, role, "320102") if role == "inspector" else bearer(store, role)
+        status = client.request(method, path, headers=headers, json={}).status_code
+        if role == "admin" or role in roles:
+            assert status not in (401, 403), (role, status)
+        else:
+            assert status == 403, (role, status)
+    anonymous = TestClient(client.app).request(method, path, json={})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    forged = client.request(method, path, headers={"Authorization": "Bearer fg_00000000_nope"})
+    assert forged.status_code == 401
+
+
+def test_a_revoked_key_stops_working(store: Engine) -> None:
+    from serve.keys import revoke_key
+
+    headers = bearer(store, "settlement")
+    key_id = headers["Authorization"].split("_")[1]
+    app = create_app(Settings(), engine=store)
+    with TestClient(app, headers=headers) as client:
+        client.app.state.keys.cache_seconds = 0  # type: ignore[attr-defined]
+        assert client.post("/v1/trace-events", json=[]).status_code == 200
+        assert revoke_key(store, key_id)
+        assert client.post("/v1/trace-events", json=[]).status_code == 401
