@@ -89,9 +89,7 @@ def _register_code_map(con: duckdb.DuckDBPyConnection) -> None:
             ),
         }
     )
-    con.register("code_map_arrow", table)
-    con.execute("CREATE OR REPLACE TEMP TABLE code_map AS SELECT * FROM code_map_arrow")
-    con.unregister("code_map_arrow")
+    _materialise(con, "code_map", table)
 
 
 _RESOLVED_SQL: Final = """
@@ -248,11 +246,15 @@ def _code_hit_rows(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[dict[st
                     yield {"pattern": pattern, **row}
 
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, column: str, values: set[str]) -> None:
-    table = pa.table({column: pa.array(sorted(values), pa.string())})
+def _materialise(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """An Arrow table from Python as DuckDB temp table ``name`` (replacing one before)."""
     con.register(f"{name}_arrow", table)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")  # noqa: S608 - our own names
     con.unregister(f"{name}_arrow")
+
+
+def _ids(column: str, values: set[str]) -> pa.Table:
+    return pa.table({column: pa.array(sorted(values), pa.string())})
 
 
 HitKey = tuple[str, int, int | None, TracePattern]
@@ -276,7 +278,7 @@ def screen_codes(con: duckdb.DuckDBPyConnection, *, max_rounds: int = 20) -> lis
     rejected: set[str] = set()
     sql = _FACTS_SQL.format(only_affected="")
     for round_no in range(max_rounds):
-        _register(con, "not_consuming", "settlement_id", rejected)
+        _materialise(con, "not_consuming", _ids("settlement_id", rejected))
         if round_no:  # a later round: forget what it screens again
             affected = {r[0] for r in con.execute("SELECT canonical FROM affected").fetchall()}
             fired = {k: r for k, r in fired.items() if r["canonical"] not in affected}
@@ -287,7 +289,7 @@ def screen_codes(con: duckdb.DuckDBPyConnection, *, max_rounds: int = 20) -> lis
         if not changed:
             break
         rejected = now_rejected
-        _register(con, "changed", "settlement_id", changed)
+        _materialise(con, "changed", _ids("settlement_id", changed))
         con.execute(
             """CREATE OR REPLACE TEMP TABLE affected AS
                SELECT DISTINCT canonical FROM resolved

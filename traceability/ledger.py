@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
 
 from sqlalchemy import BindParameter, Connection, and_, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -51,12 +50,12 @@ class DrugLine:
 
 @dataclass(frozen=True)
 class CodeCheckHit:
-    """A check that fired on one line of the settlement being scored."""
+    """A check that fired on one line of the settlement being scored (its rule, action and
+    message are the rule base's: ``rules``)."""
 
     pattern: TracePattern
     line_no: int
     code: str
-    message: str
     earlier_settlements: tuple[str, ...] = ()
     reason: str = ""
     """Why a code is invalid, for a missing-code hit on a bad code."""
@@ -83,15 +82,6 @@ def _units(line: DrugLine, pack_units: int | None) -> Decimal:
     if line.split_sale:
         return Decimal(line.quantity) / len(line.trace_codes)
     return Decimal(pack_units or 0)
-
-
-_MESSAGES: Final = {
-    TracePattern.MISSING: "药品无有效追溯码(无码不付) / drug line without a valid traceability code",
-    TracePattern.DUPLICATE: "追溯码已被结算(重复销售/回流药) / code already settled and not reversed",
-    TracePattern.SPLIT_OVERRUN: "拆零销售超出整包数量 / split sales exceed the pack",
-    TracePattern.MISMATCH: "追溯码产品与结算药品不符(串换) / code's product is not the billed drug",
-    TracePattern.UNPURCHASED: "机构未采购该追溯码药品(虚售) / institution never received this pack",
-}
 
 
 # The statements of the hot path, built once: a settlement only binds its values.
@@ -250,16 +240,13 @@ def check_codes(
             for pattern, check in CHECKS.items():
                 if bool(check(facts)):
                     reason = code.reason if isinstance(code, InvalidTraceCode) else ""
-                    message = _MESSAGES[pattern] + (f": {reason}" if reason else "")
                     holders = (
                         _holders(conn, canonical, settlement_id, sales)
                         if pattern in (TracePattern.DUPLICATE, TracePattern.SPLIT_OVERRUN)
                         else ()
                     )
                     hits.append(
-                        CodeCheckHit(
-                            pattern, line.line_no, canonical or raw, message, holders, reason
-                        )
+                        CodeCheckHit(pattern, line.line_no, canonical or raw, holders, reason)
                     )
             if valid:  # later lines of the same settlement see this one's units
                 _add(balances, canonical, units, split_sale=line.split_sale)
