@@ -12,56 +12,15 @@ names them, the lines and facts behind the hit, and the rule base's version and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from pathlib import Path
-from typing import Final
-
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from features.batch import open_history
+from features.flags import Flag, write_flags
 from rules.base import RuleBase, shipped_rulebase
 from rules.batch import BatchRules, findings
 from rules.templates import TraceCode
-
-FLAG_SCHEMA: Final = pa.schema(
-    [
-        ("flag_id", pa.string()),
-        ("entity_type", pa.string()),
-        ("entity_id", pa.string()),
-        ("pattern", pa.string()),
-        ("score", pa.float64()),
-        ("action", pa.string()),
-        ("amount_at_risk", pa.decimal128(18, 2)),
-        ("evidence", pa.string()),
-    ]
-)
-GROUP_SCHEMA: Final = pa.schema(
-    [("group_id", pa.string()), ("patient_id", pa.string()), ("institution_id", pa.string())]
-)
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One finding about one entity (CONTRACT.md §4 and §5)."""
-
-    entity_type: str
-    entity_id: str
-    pattern: str
-    score: float
-    action: str
-    amount_at_risk: Decimal
-    evidence: dict[str, object]
-
-    @property
-    def flag_id(self) -> str:
-        key = f"{self.pattern}\x1f{self.entity_type}\x1f{self.entity_id}".encode()
-        return "F" + hashlib.sha256(key).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -116,32 +75,6 @@ def code_flags(
     return rule_flags(
         data_dir, memory_limit=memory_limit, rulebase=replace(rulebase, rules=trace_rules)
     )
-
-
-def write_flags(flags: Iterable[Flag], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(flags, key=lambda f: (f.pattern, f.entity_type, f.entity_id))
-    table = pa.table(
-        {
-            "flag_id": [f.flag_id for f in ordered],
-            "entity_type": [f.entity_type for f in ordered],
-            "entity_id": [f.entity_id for f in ordered],
-            "pattern": [f.pattern for f in ordered],
-            "score": [f.score for f in ordered],
-            "action": [f.action for f in ordered],
-            "amount_at_risk": [f.amount_at_risk for f in ordered],
-            "evidence": [
-                json.dumps(f.evidence, ensure_ascii=False, sort_keys=True) for f in ordered
-            ],
-        },
-        schema=FLAG_SCHEMA,
-    )
-    flags_path = out_dir / "flags.parquet"
-    pq.write_table(table, flags_path)
-    pacsv.write_csv(table, out_dir / "flags.csv")
-    groups_path = out_dir / "groups.parquet"
-    pq.write_table(GROUP_SCHEMA.empty_table(), groups_path)
-    return flags_path, groups_path
 
 
 def screen(
