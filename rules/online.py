@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam, select
 
+from features.settlement import LineView, SettlementView
 from features.store import earlier_stays, services, window_quantities
 from rules.base import Rule, RuleBase
 from rules.templates import (
@@ -37,31 +38,7 @@ from traceability.store import drugs
 
 SHANGHAI: Final = ZoneInfo("Asia/Shanghai")
 
-
-@dataclass(frozen=True)
-class LineView:
-    line_no: int
-    item_type: str
-    item_code: str
-    quantity: Decimal
-    amount: Decimal
-
-
-@dataclass(frozen=True)
-class SettlementView:
-    """What the rules see of the settlement being scored."""
-
-    settlement_id: str
-    institution_id: str
-    patient_id: str
-    patient_gender: str
-    birth_date: date
-    settled_at: datetime
-    visit_type: str
-    lines: tuple[LineView, ...]
-    admit_date: date | None = None
-    discharge_date: date | None = None
-    diagnosis_code: str | None = None
+__all__ = ["Execution", "LineView", "Outcome", "SettlementView", "evaluate"]
 
 
 class Outcome(StrEnum):

@@ -39,12 +39,24 @@ def _view(settlement: SettlementIn) -> SettlementView:
         settled_at=settlement.settled_at,
         visit_type=settlement.visit_type.value,
         lines=tuple(
-            LineView(i.line_no, i.item_type.value, i.item_code, i.quantity, i.amount)
+            LineView(
+                line_no=i.line_no,
+                item_type=i.item_type.value,
+                item_code=i.item_code,
+                quantity=i.quantity,
+                amount=i.amount,
+                unit_price=i.unit_price,
+                trace_codes=tuple(i.trace_codes or ()),
+                split_sale=bool(i.split_sale),
+            )
             for i in settlement.items
         ),
         admit_date=settlement.admit_date,
         discharge_date=settlement.discharge_date,
         diagnosis_code=settlement.diagnosis_code,
+        doctor_id=settlement.doctor_id,
+        total_amount=settlement.total_amount,
+        fund_paid=settlement.fund_paid,
     )
 
 
