@@ -8,25 +8,26 @@ these machines a sync handler costs about four times the CPU (FLOORS.md).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
-import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from serve import blacklist, scoring
+from serve import audit, blacklist, scoring
 from serve.keys import Caller, KeyRing, Role
 from serve.metrics import Metrics
 from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
     BlacklistIn,
     BlacklistOut,
+    DecisionOut,
     ReversalIn,
     ReversalOut,
     ScoreOut,
@@ -40,6 +41,7 @@ from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 
 JSON = "application/json"
+log = logging.getLogger("fundguard.scorer")
 _bearer = HTTPBearer(auto_error=False, description="an API key: `fundguard keys create`")
 
 
@@ -112,17 +114,44 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/v1/score", response_model=ScoreOut, tags=["scoring"])
     async def score(settlement: SettlementIn, request: Request, _: SettlementSystem) -> Response:
-        body = scoring.score(
+        scored = scoring.score(
             request.app.state.engine,
             settlement,
             settlement.model_dump_json().encode(),
             request.app.state.rules.current(),
         )
-        answer = orjson.loads(body)
-        metrics.decisions.labels(answer["decision"]).inc()
-        for hit in answer["hits"]:
-            metrics.hits.labels(hit["rule_id"], hit["action"]).inc()
-        return Response(content=body, media_type=JSON)
+        if scored.replayed:
+            metrics.replayed.inc()
+        else:
+            metrics.decisions.labels(scored.decision).inc()
+            for rule_id, action in scored.hits:
+                metrics.hits.labels(rule_id, action).inc()
+        log.info(
+            "decision",
+            extra={
+                "settlement_id": settlement.settlement_id,
+                "institution_id": settlement.institution_id,
+                "decision": scored.decision,
+                "rules": [rule_id for rule_id, _ in scored.hits],
+                "degraded": scored.degraded,
+                "replayed": scored.replayed,
+            },
+        )
+        return Response(content=scored.body, media_type=JSON)
+
+    @app.get(
+        "/v1/decisions/{settlement_id}",
+        response_model=DecisionOut,
+        responses={404: {"description": "no decision for this settlement"}},
+        tags=["scoring"],
+    )
+    async def decision(settlement_id: str, request: Request, _: SettlementSystem) -> DecisionOut:
+        explained = audit.explain(request.app.state.engine, settlement_id)
+        if explained is None:
+            raise HTTPException(
+                status_code=404, detail=f"settlement {settlement_id} was never scored here"
+            )
+        return explained
 
     @app.post(
         "/v1/settlements/{settlement_id}/reversal",

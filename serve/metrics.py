@@ -1,6 +1,7 @@
 """Prometheus metrics of one scorer process (``GET /metrics``).
 
-Requests and their latency by route, decisions by outcome, rule hits by rule. Each app
+Requests and their latency by route, decisions by outcome, rule hits by rule, answers
+given degraded (without the model) and repeated requests answered from the store. Each app
 has a registry of its own (no module-level state), so tests and several apps in one
 process never share counters. With several worker processes, each answers for itself.
 """
@@ -31,6 +32,14 @@ class Metrics:
         )  # fmt: skip
         self.decisions = Counter(
             "fundguard_decisions", "settlements answered, by decision", ["decision"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.degraded = Counter(
+            "fundguard_degraded_answers", "answers given without the model, by reason",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.replayed = Counter(
+            "fundguard_replayed_answers", "repeated requests answered from the stored decision",
             registry=self.registry,
         )  # fmt: skip
         self.hits = Counter(

@@ -122,7 +122,7 @@ def replay(data_dir: Path, engine: Engine) -> Iterator[Replayed]:
                 scoring.reverse(engine, what, _at)
             continue
         settlement = SettlementIn.model_validate(what)
-        answer = orjson.loads(scoring.score(engine, settlement, b""))
+        answer = orjson.loads(scoring.score(engine, settlement, b"").body)
         yield Replayed(
             settlement.settlement_id,
             answer["decision"],

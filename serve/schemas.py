@@ -197,3 +197,34 @@ class BlacklistOut(BaseModel):
     institution_id: str
     reason: str
     added_at: LocalTime
+
+
+class RuleExecutionOut(BaseModel):
+    """One rule run on the settlement: ``hit``, ``no_hit`` or ``error``, and how long it took."""
+
+    rule_id: str
+    outcome: str
+    micros: int
+    error: str | None = None
+
+
+class RuleBaseOut(BaseModel):
+    version: str
+    sha256: str
+
+
+class DecisionOut(BaseModel):
+    """A past decision explained (``GET /v1/decisions/{settlement_id}``): the answer as it was
+    given, what decided it and when, and the reversal if the settlement was refunded."""
+
+    settlement_id: str
+    institution_id: str
+    patient_id: str
+    settled_at: LocalTime
+    decided_at: LocalTime
+    latency_us: int
+    request_sha256: str
+    rulebase: RuleBaseOut
+    answer: ScoreOut
+    rule_executions: list[RuleExecutionOut]
+    reversal: ReversalOut | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -69,13 +70,38 @@ def is_blacklisted(conn: Connection, institution_id: str) -> bool:
     return conn.execute(_BLACKLISTED, {"institution": institution_id}).first() is not None
 
 
+@dataclass(frozen=True)
+class Scored:
+    """The answer to one ``/v1/score`` request: the JSON body, and what metrics and logs
+    need of it without parsing it again."""
+
+    body: bytes
+    decision: str
+    hits: tuple[tuple[str, str], ...]
+    """(rule id, action) of every hit."""
+    degraded: bool
+    replayed: bool
+    """True when the answer is the one stored for an earlier request."""
+
+    @classmethod
+    def of_stored(cls, body: bytes) -> Scored:
+        answer = orjson.loads(body)
+        return cls(
+            body=body,
+            decision=answer["decision"],
+            hits=tuple((h["rule_id"], h["action"]) for h in answer["hits"]),
+            degraded=bool(answer["degraded"]),
+            replayed=True,
+        )
+
+
 def score(
     engine: Engine,
     settlement: SettlementIn,
     raw_body: bytes,
     rulebase: RuleBase | None = None,
-) -> bytes:
-    """The JSON answer for ``settlement``: the stored one if it was scored before.
+) -> Scored:
+    """The answer for ``settlement``: the stored one if it was scored before.
 
     ``rulebase``: the rule base in force (the shipped one unless given)."""
     started = time.perf_counter()
@@ -84,7 +110,7 @@ def score(
         with engine.begin() as conn:
             stored = _stored(conn, settlement.settlement_id)
             if stored is not None:
-                return stored
+                return Scored.of_stored(stored)
             lines = [
                 DrugLine(
                     line_no=item.line_no,
@@ -168,14 +194,20 @@ def score(
                     for e in executions
                 ],
             )
-            return body
+            return Scored(
+                body=body,
+                decision=decision.value,
+                hits=tuple((h.rule_id, h.action.value) for h in hits),
+                degraded=answer.degraded,
+                replayed=False,
+            )
     except IntegrityError:
         # another worker stored this settlement's decision first: answer that one
         with engine.begin() as conn:
             stored = _stored(conn, settlement.settlement_id)
         if stored is None:
             raise
-        return stored
+        return Scored.of_stored(stored)
 
 
 class UnknownSettlement(LookupError):

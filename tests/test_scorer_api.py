@@ -358,10 +358,78 @@ def test_metrics_count_requests_decisions_and_rule_hits(client: TestClient) -> N
     assert 'fundguard_request_seconds_count{method="POST",route="/v1/score"} 2.0' in text
 
 
+def test_a_past_decision_is_explained(client: TestClient) -> None:
+    purchase(client, C1)
+    answer = client.post("/v1/score", json=settlement("S1", C1)).json()
+    client.post("/v1/score", json=settlement("S2", C1))  # the pack again: rejected
+    client.post("/v1/settlements/S1/reversal", json={"reversed_at": "2025-03-02T09:00:00+08:00"})
+
+    explained = client.get("/v1/decisions/S1").json()
+    assert explained["answer"] == answer
+    assert explained["reversal"]["released_codes"] == 1
+    rulebase = shipped_rulebase()
+    assert explained["rulebase"] == {"version": rulebase.version, "sha256": rulebase.checksum}
+    assert {e["rule_id"] for e in explained["rule_executions"]} == {r.id for r in rulebase.enabled}
+    assert explained["settled_at"] == "2025-03-01T10:00:00+08:00"
+    rejected = client.get("/v1/decisions/S2").json()
+    assert rejected["answer"]["decision"] == "reject"
+    assert [e["outcome"] for e in rejected["rule_executions"] if e["rule_id"] == "TC002"] == ["hit"]
+    assert rejected["reversal"] is None
+    missing = client.get("/v1/decisions/S9")
+    assert missing.status_code == 404
+    assert "S9" in missing.json()["detail"]
+
+
+def test_a_repeated_request_is_counted_apart_and_every_decision_is_logged(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    purchase(client, C1)
+    with caplog.at_level("INFO", logger="fundguard.scorer"):
+        client.post("/v1/score", json=settlement("S1", C1))
+        client.post("/v1/score", json=settlement("S1", C1))
+    text = client.get("/metrics").text
+    assert 'fundguard_decisions_total{decision="pass"} 1.0' in text
+    assert "fundguard_replayed_answers_total 1.0" in text
+    logged = [r for r in caplog.records if r.name == "fundguard.scorer"]
+    assert [(r.settlement_id, r.replayed) for r in logged] == [("S1", False), ("S1", True)]  # type: ignore[attr-defined]
+    assert logged[0].decision == "pass"  # type: ignore[attr-defined]
+
+
+def test_the_log_lines_are_json_objects_naming_the_settlement() -> None:
+    """The formatter ``fundguard serve`` configures, on a logger of its own (the test
+    leaves the process's logging as it found it)."""
+    import io
+    import json
+    import logging
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    from serve.logs import log_config
+
+    options = dict(log_config()["formatters"]["json"])
+    assert options.pop("()") == "pythonjsonlogger.json.JsonFormatter"
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(**options))
+    logger = logging.getLogger("fundguard.test-json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("decision", extra={"settlement_id": "S1", "decision": "pass"})
+    finally:
+        logger.removeHandler(handler)
+    record = json.loads(stream.getvalue().splitlines()[-1])
+    assert record["settlement_id"] == "S1"
+    assert record["message"] == "decision"
+    assert record["level"] == "WARNING"
+    assert record["logger"] == "fundguard.test-json"
+
+
 ENDPOINTS = [
     ("POST", "/v1/score", {"settlement"}),
     ("POST", "/v1/settlements/S1/reversal", {"settlement"}),
     ("POST", "/v1/trace-events", {"settlement"}),
+    ("GET", "/v1/decisions/S1", {"settlement"}),
     ("GET", "/v1/admin/blacklist", set()),
     ("PUT", "/v1/admin/blacklist/P001", set()),
     ("DELETE", "/v1/admin/blacklist/P001", set()),
