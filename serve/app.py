@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, text
@@ -28,6 +28,7 @@ from serve.schemas import (
     BlacklistIn,
     BlacklistOut,
     DecisionOut,
+    ErrorOut,
     ReversalIn,
     ReversalOut,
     ScoreOut,
@@ -105,6 +106,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.middleware("http")(metrics.middleware)
 
+    api = APIRouter(
+        responses={
+            401: {"model": ErrorOut, "description": "no API key, or an unknown or revoked one"},
+            403: {"model": ErrorOut, "description": "the key's role may not do this"},
+            503: {"model": ErrorOut, "description": "the store is unavailable: nothing decided"},
+        }
+    )
+
     @app.exception_handler(DBAPIError)
     async def store_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
         return JSONResponse(
@@ -112,7 +121,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             content={"detail": f"the store is unavailable, nothing was decided: {exc.orig!r}"},
         )
 
-    @app.post("/v1/score", response_model=ScoreOut, tags=["scoring"])
+    @api.post("/v1/score", response_model=ScoreOut, tags=["scoring"])
     async def score(settlement: SettlementIn, request: Request, _: SettlementSystem) -> Response:
         scored = scoring.score(
             request.app.state.engine,
@@ -139,10 +148,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         )
         return Response(content=scored.body, media_type=JSON)
 
-    @app.get(
+    @api.get(
         "/v1/decisions/{settlement_id}",
         response_model=DecisionOut,
-        responses={404: {"description": "no decision for this settlement"}},
+        responses={404: {"model": ErrorOut, "description": "no decision for this settlement"}},
         tags=["scoring"],
     )
     async def decision(settlement_id: str, request: Request, _: SettlementSystem) -> DecisionOut:
@@ -153,10 +162,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             )
         return explained
 
-    @app.post(
+    @api.post(
         "/v1/settlements/{settlement_id}/reversal",
         response_model=ReversalOut,
-        responses={404: {"description": "no decision for this settlement"}},
+        responses={404: {"model": ErrorOut, "description": "no decision for this settlement"}},
         tags=["scoring"],
     )
     async def reversal(
@@ -169,7 +178,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 status_code=404, detail=f"settlement {settlement_id} was never scored here"
             ) from None
 
-    @app.post("/v1/trace-events", response_model=TraceEventsOut, tags=["traceability"])
+    @api.post("/v1/trace-events", response_model=TraceEventsOut, tags=["traceability"])
     async def trace_events(
         events: Annotated[list[TraceEventIn], Body(max_length=10_000)],
         request: Request,
@@ -190,14 +199,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             )
         return TraceEventsOut(received=len(events), recorded=recorded)
 
-    @app.get("/v1/admin/blacklist", response_model=list[BlacklistOut], tags=["admin"])
+    @api.get("/v1/admin/blacklist", response_model=list[BlacklistOut], tags=["admin"])
     async def blacklist_list(request: Request, _: Admin) -> list[BlacklistOut]:
         return [
             BlacklistOut(institution_id=i, reason=r, added_at=a)
             for i, r, a in blacklist.listed(request.app.state.engine)
         ]
 
-    @app.put("/v1/admin/blacklist/{institution_id}", response_model=BlacklistOut, tags=["admin"])
+    @api.put("/v1/admin/blacklist/{institution_id}", response_model=BlacklistOut, tags=["admin"])
     async def blacklist_put(
         institution_id: Annotated[str, Path(min_length=1, max_length=64)],
         entry: BlacklistIn,
@@ -211,13 +220,20 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 return BlacklistOut(institution_id=i, reason=r, added_at=a)
         raise HTTPException(status_code=500, detail="listed, then not found")  # pragma: no cover
 
-    @app.delete("/v1/admin/blacklist/{institution_id}", status_code=204, tags=["admin"])
+    @api.delete(
+        "/v1/admin/blacklist/{institution_id}",
+        status_code=204,
+        responses={404: {"model": ErrorOut, "description": "not on the black list"}},
+        tags=["admin"],
+    )
     async def blacklist_delete(institution_id: str, request: Request, _: Admin) -> Response:
         if not blacklist.remove(request.app.state.engine, institution_id):
             raise HTTPException(
                 status_code=404, detail=f"{institution_id} is not on the black list"
             )
         return Response(status_code=204)
+
+    app.include_router(api)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus() -> Response:

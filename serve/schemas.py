@@ -228,3 +228,9 @@ class DecisionOut(BaseModel):
     answer: ScoreOut
     rule_executions: list[RuleExecutionOut]
     reversal: ReversalOut | None = None
+
+
+class ErrorOut(BaseModel):
+    """An error that is not a validation problem (401, 403, 404, 503): what went wrong."""
+
+    detail: str
