@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -53,19 +52,17 @@ class Metrics:
     async def middleware(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        route = _route(request)
         started = time.perf_counter()
         response = await call_next(request)
+        route = _route(request)
         self.latency.labels(route, request.method).observe(time.perf_counter() - started)
         self.requests.labels(route, request.method, str(response.status_code)).inc()
         return response
 
 
 def _route(request: Request) -> str:
-    """The route's template (``/v1/settlements/{settlement_id}/reversal``), not the path:
-    one label value per route, whatever the ids."""
-    for route in request.app.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+    """The template of the route that answered (``/v1/settlements/{settlement_id}/reversal``),
+    not the path: one label value per route, whatever the ids. The router leaves it in the
+    request's scope."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", None) or "unmatched")
