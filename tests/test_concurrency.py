@@ -7,11 +7,6 @@ and the same settlement asked for at the same time from several clients is decid
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import bearer
+from scorer_processes import PRODUCT, code, purchases, settlement, start_scorer
 from sqlalchemy import func, select
 
 from serve.store import create_store_engine
@@ -29,12 +25,6 @@ from traceability.store import drugs, ledger_entries, products
 PACKS = 12
 RIVALS = 6  # settlements wanting each pack
 CLIENTS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -51,87 +41,21 @@ def servers(store_url: str, tmp_path: Path) -> Iterator[list[str]]:
     engine = create_store_engine(store_url)
     with engine.begin() as conn:
         conn.execute(drugs.insert(), [{"drug_code": "D1", "generic_name": "D1", "pack_units": 24}])
-        conn.execute(products.insert(), [{"product_code": "8100001", "drug_code": "D1"}])
+        conn.execute(products.insert(), [{"product_code": PRODUCT, "drug_code": "D1"}])
     engine.dispose()
-    env = {**os.environ, "FUNDGUARD_DATABASE_URL": store_url, "FUNDGUARD_DATA_DIR": str(tmp_path)}
-    ports = [free_port(), free_port()]
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "serve.app:app_from_environment",
-                "--factory",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
-        for port in ports
-    ]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    scorers = [start_scorer(store_url, tmp_path), start_scorer(store_url, tmp_path)]
     try:
-        deadline = time.monotonic() + 30
-        for url in urls:
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the scorer did not start"
-                time.sleep(0.1)
-        yield urls
+        yield [s.url for s in scorers]
     finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            p.wait(timeout=10)
-
-
-def code(n: int) -> str:
-    return f"8100001{n:09d}0000"
-
-
-def body(settlement_id: str, pack: int) -> dict[str, object]:
-    return {
-        "settlement_id": settlement_id,
-        "institution_id": "P001",
-        "patient": {"patient_id": f"U{settlement_id}", "gender": "M", "birth_date": "1970-01-01"},
-        "settled_at": "2025-03-01T10:00:00+08:00",
-        "visit_type": "pharmacy",
-        "total_amount": "10.00",
-        "fund_paid": "5.00",
-        "items": [
-            {
-                "line_no": 1,
-                "item_type": "drug",
-                "item_code": "D1",
-                "quantity": 24,
-                "unit_price": "0.40",
-                "amount": "9.60",
-                "trace_codes": [code(pack)],
-            }
-        ],
-    }
+        for scorer in scorers:
+            scorer.stop()
 
 
 @pytest.mark.slow
 def test_exactly_one_settlement_wins_each_pack(
     servers: list[str], store_url: str, headers: dict[str, str]
 ) -> None:
-    events = [
-        {
-            "trace_code": code(n),
-            "event_type": "purchase",
-            "institution_id": "P001",
-            "event_at": "2025-02-01T09:00:00+08:00",
-        }
-        for n in range(PACKS)
-    ]
+    events = purchases(range(PACKS))
     assert (
         httpx.post(f"{servers[0]}/v1/trace-events", json=events, headers=headers).status_code == 200
     )
@@ -140,7 +64,7 @@ def test_exactly_one_settlement_wins_each_pack(
     def send(i: int) -> tuple[str, int, str]:
         settlement_id, pack = requests[i]
         with httpx.Client(base_url=servers[i % 2], timeout=60, headers=headers) as client:
-            answer = client.post("/v1/score", json=body(settlement_id, pack))
+            answer = client.post("/v1/score", json=settlement(settlement_id, pack))
         assert answer.status_code == 200, answer.text
         return settlement_id, pack, answer.json()["decision"]
 
@@ -162,19 +86,12 @@ def test_exactly_one_settlement_wins_each_pack(
 def test_one_settlement_asked_for_at_once_is_decided_once(
     servers: list[str], store_url: str, headers: dict[str, str]
 ) -> None:
-    events = [
-        {
-            "trace_code": code(0),
-            "event_type": "purchase",
-            "institution_id": "P001",
-            "event_at": "2025-02-01T09:00:00+08:00",
-        }
-    ]
+    events = purchases(range(1))
     httpx.post(f"{servers[0]}/v1/trace-events", json=events, headers=headers)
 
     def send(i: int) -> bytes:
         with httpx.Client(base_url=servers[i % 2], timeout=60, headers=headers) as client:
-            return client.post("/v1/score", json=body("SAME", 0)).content
+            return client.post("/v1/score", json=settlement("SAME", 0)).content
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         answers = set(pool.map(send, range(CLIENTS * 2)))
