@@ -9,6 +9,12 @@ contract tables directly (``features.batch``).
 
 History semantics (the same in batch): a line counts for every later settlement of the
 patient, at any institution, until its settlement is reversed.
+
+Two more tables serve the online settlement features (``features.settlement_features``):
+``patient_visits``, one row per settlement with its amounts (a patient's visits,
+institutions and fund paid in a window), and ``item_reference``, the reference unit price
+and typical quantity of each catalog item, computed from a training history
+(:func:`compute_item_reference`) and loaded with the model's feature set (:func:`load_item_reference`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from sqlalchemy import (
 )
 
 from traceability.store import ID, UTCDateTime, upsert
+
+MONEY: Final = Numeric(18, 2)
 
 metadata: Final = MetaData()
 
@@ -83,6 +91,40 @@ patient_history = Table(
 )
 
 
+patient_visits = Table(
+    "patient_visits",
+    metadata,
+    Column("settlement_id", ID, primary_key=True),
+    Column("patient_id", ID, nullable=False),
+    Column("institution_id", ID, nullable=False),
+    Column("settled_at", UTCDateTime(), nullable=False),
+    Column("visit_type", String(16), nullable=True),
+    Column("total_amount", MONEY, nullable=True),
+    Column("fund_paid", MONEY, nullable=True),
+    Column("reversed_at", UTCDateTime(), nullable=True),
+    # the look-up: a patient's settlements in a window
+    Index("ix_patient_visits_patient", "patient_id", "settled_at"),
+)
+"""One row per settlement of a patient (结算), with its amounts: the patient's visits,
+institutions and fund paid in a window before a settlement. Same semantics as
+``patient_history``: a settlement counts until it is reversed. Amounts are NULL for a
+settlement recorded without them (they then add nothing to a window's sums)."""
+
+item_reference = Table(
+    "item_reference",
+    metadata,
+    Column("item_type", String(16), nullable=False),
+    Column("item_code", ID, nullable=False),
+    Column("ref_unit_price", Numeric(18, 4), nullable=False),
+    Column("ref_quantity", Numeric(14, 3), nullable=False),
+    Column("n_lines", Integer, nullable=False),
+    PrimaryKeyConstraint("item_type", "item_code"),
+)
+"""The reference unit price (median price billed) and typical quantity (median quantity
+per line) of each catalog item over a training history: what a settlement's prices and
+quantities are compared with. Part of the settlement feature set a model was trained on."""
+
+
 @dataclass(frozen=True)
 class HistoryLine:
     """One line of a settlement as the history keeps it."""
@@ -113,8 +155,26 @@ def record_settlement(
     admit_date: date | None = None,
     discharge_date: date | None = None,
     diagnosis_code: str | None = None,
+    visit_type: str | None = None,
+    total_amount: Decimal | None = None,
+    fund_paid: Decimal | None = None,
 ) -> None:
-    """Add a settlement to its patient's history (in the caller's transaction)."""
+    """Add a settlement to its patient's history (in the caller's transaction): its lines
+    (and stay) to ``patient_history``, the settlement and its amounts to
+    ``patient_visits``."""
+    conn.execute(
+        insert(patient_visits),
+        {
+            "settlement_id": settlement_id,
+            "patient_id": patient_id,
+            "institution_id": institution_id,
+            "settled_at": settled_at,
+            "visit_type": visit_type,
+            "total_amount": total_amount,
+            "fund_paid": fund_paid,
+            "reversed_at": None,
+        },
+    )
     common = {
         "settlement_id": settlement_id,
         "patient_id": patient_id,
@@ -154,6 +214,16 @@ def record_settlement(
 
 def reverse_settlement(conn: Connection, *, settlement_id: str, reversed_at: datetime) -> None:
     """A refunded settlement no longer counts from ``reversed_at`` on."""
+    conn.execute(
+        update(patient_visits)
+        .where(
+            and_(
+                patient_visits.c.settlement_id == settlement_id,
+                patient_visits.c.reversed_at.is_(None),
+            )
+        )
+        .values(reversed_at=reversed_at)
+    )
     conn.execute(
         update(patient_history)
         .where(
@@ -285,4 +355,70 @@ def load_history(
                 added += len(rows)
     finally:
         con.unregister("history_present")
+    _load_visits(con, conn, chunk_rows=chunk_rows)
     return added
+
+
+_VISITS_SQL: Final = """
+SELECT s.settlement_id, s.patient_id, s.institution_id, s.settled_at, s.visit_type,
+       s.total_amount, s.fund_paid, r.reversed_at
+FROM settlements s LEFT JOIN reversals r USING (settlement_id)
+WHERE s.settlement_id NOT IN (SELECT settlement_id FROM visits_present)
+"""
+
+
+def _load_visits(con: duckdb.DuckDBPyConnection, conn: Connection, *, chunk_rows: int) -> int:
+    """Add every settlement of the history that ``patient_visits`` does not hold yet."""
+    present = pa.table(
+        {
+            "settlement_id": pa.array(
+                conn.execute(select(patient_visits.c.settlement_id)).scalars().all(), pa.string()
+            )
+        }
+    )
+    con.register("visits_present", present)
+    added = 0
+    try:
+        for batch in con.sql(_VISITS_SQL).to_arrow_reader(chunk_rows):
+            rows = batch.to_pylist()
+            if rows:
+                conn.execute(insert(patient_visits), rows)
+                added += len(rows)
+    finally:
+        con.unregister("visits_present")
+    return added
+
+
+_REFERENCE_SQL: Final = """
+SELECT i.item_type, i.item_code,
+       round(median(i.unit_price::DOUBLE), 4)::DECIMAL(18,4) AS ref_unit_price,
+       round(median(i.quantity::DOUBLE), 3)::DECIMAL(14,3) AS ref_quantity,
+       count(*)::BIGINT AS n_lines
+FROM settlement_items i JOIN settlements s USING (settlement_id)
+LEFT JOIN reversals r USING (settlement_id)
+WHERE i.unit_price IS NOT NULL AND i.quantity > 0
+  AND (r.reversed_at IS NULL OR r.reversed_at > $until)
+  AND ($until IS NULL OR s.settled_at < $until)
+GROUP BY ALL
+ORDER BY i.item_type, i.item_code
+"""
+
+
+def compute_item_reference(
+    con: duckdb.DuckDBPyConnection, *, until: datetime | None = None
+) -> pa.Table:
+    """The reference price and typical quantity of every item billed in the history behind
+    ``con`` (``features.batch`` views), from the lines settled before ``until`` (all when
+    None) and not reversed by then: the median unit price and the median quantity per line
+    (rounded to 4 and 3 decimals, as the store keeps them)."""
+    table: pa.Table = con.sql(_REFERENCE_SQL, params={"until": until}).to_arrow_table()
+    return table
+
+
+def load_item_reference(conn: Connection, reference: pa.Table) -> int:
+    """Replace the store's ``item_reference`` with ``reference`` (:func:`compute_item_reference`)."""
+    conn.execute(item_reference.delete())
+    rows = reference.select([c.name for c in item_reference.columns]).to_pylist()
+    if rows:
+        conn.execute(insert(item_reference), rows)
+    return len(rows)

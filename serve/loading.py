@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from features.batch import open_history
+from features.store import compute_item_reference, load_item_reference, load_services
 from features.store import load_history as load_patient_history
-from features.store import load_services
 from serve.store import create_store_engine, upgrade
 from traceability.batch import screen_codes
 from traceability.history import HistoryLoad, load_history
@@ -17,7 +17,8 @@ def load_folder(data_dir: Path, store_url: str, *, memory_limit: str = "4GB") ->
 
     The history is screened first, so the ledger holds the codes of the settlements that
     would have been paid (a rejected settlement consumed nothing), released by reversals.
-    Loading the same folder twice changes nothing.
+    Loading the same folder twice changes nothing. The reference prices and quantities of
+    the items (what the settlement features compare a line with) are those of this history.
     """
     upgrade(store_url)
     con = open_history(data_dir, memory_limit=memory_limit)
@@ -28,6 +29,7 @@ def load_folder(data_dir: Path, store_url: str, *, memory_limit: str = "4GB") ->
             loaded = load_history(con, conn)
             load_services(con, conn)
             load_patient_history(con, conn)
+            load_item_reference(conn, compute_item_reference(con))
             return loaded
     finally:
         con.close()

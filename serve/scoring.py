@@ -154,6 +154,9 @@ def score(
                 admit_date=settlement.admit_date,
                 discharge_date=settlement.discharge_date,
                 diagnosis_code=settlement.diagnosis_code,
+                visit_type=settlement.visit_type.value,
+                total_amount=settlement.total_amount,
+                fund_paid=settlement.fund_paid,
             )
             answer = ScoreOut(
                 settlement_id=settlement.settlement_id,
