@@ -8,38 +8,33 @@ a fresh SQLite store (patient history, visits, drug catalog, item reference) and
 ``window_quantities`` call (the patient's drug lines in 90 days), interleaved. Prints
 seconds for batch and p50/p99 microseconds online.
 
-    .venv/bin/python benchmarks/features.py [--scale medium] [--data DIR] [--samples 3000]
+    .venv/bin/python benchmarks/feature_vectors.py [--scale medium] [--data DIR] [--samples 3000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-# run as a script, this file's folder comes first on sys.path and its name (features.py)
-# would hide the features package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import numpy as np
+from sqlalchemy import insert
 
-import numpy as np  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
-
-from features.batch import open_history  # noqa: E402
-from features.institution_features import institution_features  # noqa: E402
-from features.settlement import LineView, SettlementView  # noqa: E402
-from features.settlement_features import online_settlement_vector, settlement_features  # noqa: E402
-from features.store import (  # noqa: E402
+from features.batch import open_history
+from features.institution_features import institution_features
+from features.settlement import LineView, SettlementView
+from features.settlement_features import online_settlement_vector, settlement_features
+from features.store import (
     compute_item_reference,
     load_history,
     load_item_reference,
     window_quantities,
 )
-from serve.store import create_store_engine, upgrade  # noqa: E402
-from traceability.store import drugs  # noqa: E402
+from serve.store import create_store_engine, upgrade
+from traceability.store import drugs
 
 
 def percentiles(us: list[float]) -> str:
