@@ -12,6 +12,7 @@ they do not check.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Final
@@ -79,7 +80,9 @@ def open_history(
     """A DuckDB connection with the contract tables of ``folder`` as typed views."""
     con = duckdb.connect(config={"memory_limit": memory_limit})
     con.execute(f"SET TimeZone = '{TIMEZONE}'")
-    con.execute("SET enable_progress_bar = false")
+    # inside Jupyter without ipywidgets DuckDB refuses any progress-bar setting (duckdb#7590)
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.execute("SET enable_progress_bar = false")
     # nothing here depends on the order rows were inserted in (every window and result is
     # ordered explicitly); keeping that order is what made 100M lines run out of 3 GB
     con.execute("SET preserve_insertion_order = false")

@@ -8,6 +8,7 @@ these machines a sync handler costs about four times the CPU (FLOORS.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from serve import audit, blacklist, scoring
 from serve.keys import Caller, KeyRing, Role
 from serve.metrics import Metrics
+from serve.model import ModelInForce
 from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
     BlacklistIn,
@@ -80,6 +82,13 @@ SettlementSystem = Annotated[Caller, Depends(requires(Role.SETTLEMENT))]
 Admin = Annotated[Caller, Depends(requires(Role.ADMIN))]
 
 
+async def _follow_model(model: ModelInForce, every: float) -> None:
+    """Look for a newly promoted model every ``every`` seconds, off the event loop."""
+    while True:
+        await asyncio.sleep(every)
+        await asyncio.to_thread(model.refresh)
+
+
 def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     """The scorer over the store of ``settings`` (or over ``engine``, for tests)."""
 
@@ -89,9 +98,19 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         app.state.engine = engine or create_store_engine(settings.store_url)
         app.state.rules = RuleBaseInForce(settings.rules_file)
         app.state.keys = KeyRing(app.state.engine)
+        app.state.model = model = ModelInForce(
+            settings.tracking_uri,
+            model_name=settings.model_name,
+            budget_ms=settings.model_budget_ms,
+            cooloff_seconds=settings.model_cooloff_seconds,
+            review_threshold=settings.model_review_threshold,
+        )
+        await asyncio.to_thread(model.refresh)
+        follow = asyncio.create_task(_follow_model(model, settings.model_refresh_seconds))
         try:
             yield
         finally:
+            follow.cancel()
             if own:
                 app.state.engine.dispose()
 
@@ -128,11 +147,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             settlement,
             settlement.model_dump_json().encode(),
             request.app.state.rules.current(),
+            request.app.state.model,
         )
         if scored.replayed:
             metrics.replayed.inc()
         else:
             metrics.decisions.labels(scored.decision).inc()
+            if scored.degraded_cause:
+                metrics.degraded.labels(scored.degraded_cause).inc()
             for rule_id, action in scored.hits:
                 metrics.hits.labels(rule_id, action).inc()
         log.info(
@@ -143,6 +165,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 "decision": scored.decision,
                 "rules": [rule_id for rule_id, _ in scored.hits],
                 "degraded": scored.degraded,
+                "degraded_cause": scored.degraded_cause,
+                "model_score": scored.model_score,
+                "challenger_version": scored.challenger_version,
+                "challenger_score": scored.challenger_score,
                 "replayed": scored.replayed,
             },
         )
@@ -247,7 +273,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     async def readyz(request: Request) -> dict[str, str]:
         with request.app.state.engine.connect() as conn:
             version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        return {"status": "ready", "schema": str(version)}
+        return {
+            "status": "ready",
+            "schema": str(version),
+            "model": request.app.state.model.describe(),
+        }
 
     return app
 

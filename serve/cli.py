@@ -238,10 +238,18 @@ def db_upgrade() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int)
-def serve(host: str, port: int, workers: int) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="info logs every decision (one JSON line each, with its settlement id)",
+)
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
     """Run the scorer (CONTRACT.md §6) over the configured store."""
     import uvicorn
 
+    from serve.logs import log_config
     from serve.store import upgrade
 
     settings = Settings()
@@ -253,7 +261,7 @@ def serve(host: str, port: int, workers: int) -> None:
         host=host,
         port=port,
         workers=workers,
-        log_level="warning",
+        log_config=log_config(log_level.upper()),
     )
 
 
@@ -422,4 +430,91 @@ def rules_backtest(path: Path, data_dir: Path, memory_limit: str) -> None:
         click.echo(
             f"  flag {change.kind:<8}{change.settlement_id}  {change.pattern}: "
             f"{before} -> {after} ({', '.join(change.rule_ids)})"
+        )
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--flags",
+    "flags_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="a screening's output folder (flags.parquet, groups.parquet)",
+)
+def evaluate(data_dir: Path, flags_dir: Path) -> None:
+    """Score a screening's flags against a simulated province's truth, per pattern:
+    precision, recall, average precision, precision@k, look-alikes flagged. Writes the
+    table (JSON, markdown) and PR curves (PNG) into FLAGS/evaluation/."""
+    from models.evaluate import evaluate as run_evaluation
+
+    try:
+        result = run_evaluation(data_dir, flags_dir, flags_dir / "evaluation")
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(result.to_markdown(), nl=False)
+    click.echo(f"table and {len(result.files) - 2} PR curve(s) in {flags_dir / 'evaluation'}")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--register", "do_register", is_flag=True, help="register the model and make it challenger"
+)
+@click.option(
+    "--promote",
+    "do_promote",
+    is_flag=True,
+    help="register, then make it champion if it beats the champion (implies --register)",
+)
+@click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB's memory limit")
+def train(data_dir: Path, do_register: bool, do_promote: bool, memory_limit: str) -> None:
+    """Train the settlement model on the verdicts (labels) of DIR, time-ordered, and log
+    the run to MLflow (FUNDGUARD_MLFLOW_TRACKING_URI; a store in the data folder if unset)."""
+    import tempfile
+
+    from models import registry
+    from models.supervised import train_on_history, validation_plots
+
+    _require_valid(data_dir)
+    tracking_uri = Settings().tracking_uri
+    try:
+        result = train_on_history(data_dir, memory_limit=memory_limit)
+    except ValueError as error:
+        raise click.ClickException(f"{data_dir}: {error}") from None
+    feature_set = result.model.feature_set
+    with tempfile.TemporaryDirectory(prefix="fundguard-plots-") as tmp:
+        plots = validation_plots(result, Path(tmp))
+        logged = registry.log_training_run(
+            result, tracking_uri=tracking_uri, plots=plots, tags={"data": str(data_dir)}
+        )
+    click.echo(f"run {logged.run_id} in {tracking_uri}")
+    click.echo(
+        f"  trained on {len(result.train.frame)} verdicts, validated on the "
+        f"{len(result.valid.frame)} later ones ({result.seconds:.1f} s), "
+        f"feature set {feature_set.tag} ({feature_set.fingerprint})"
+    )
+    for name in ("auc", "average_precision", "brier", "precision_at_10", "precision_at_20"):
+        click.echo(f"  {name:<20}{result.metrics[name]:.3f}")
+    if not (do_register or do_promote):
+        return
+    version = registry.register(logged, tracking_uri=tracking_uri, feature_set=feature_set.tag)
+    click.echo(f"registered {registry.MODEL_NAME} version {version} as {registry.CHALLENGER}")
+    if do_promote:
+        decision = registry.promote_if_better(
+            tracking_uri,
+            version,
+            result.valid.features,
+            result.valid.labels,
+            candidate_score=result.metrics["average_precision"],
+        )
+        against = (
+            f" (champion version {decision.champion_version}: {decision.champion:.3f})"
+            if decision.champion is not None
+            else ""
+        )
+        verb = "promoted to" if decision.promoted else "not promoted to"
+        click.echo(
+            f"version {version} {verb} {registry.CHAMPION}: {decision.reason}; "
+            f"{decision.metric} {decision.candidate:.3f}{against}"
         )

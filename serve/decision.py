@@ -1,9 +1,15 @@
-"""The decision policy, in one place: the strongest action among the rules that fired.
+"""The decision policy, in one place: the strongest action among the rules that fired and
+the model.
 
 Every hit carries the id of the rule that produced it and the action that rule asks for,
 both from the rule base (``rules``): ``reject`` (a hard fact: do not pay) beats
 ``review`` (pay, then inspect) beats nothing; ``info`` hits are reported and decide
 nothing. A rule that errored decides nothing either (its execution says so).
+
+The model never rejects: a champion's calibrated score at or above its review threshold
+(the model's own, or ``model_review_threshold`` from the settings) is a ``review`` hit
+(rule id ``MODEL``) that names the features behind it. The risk score is 1 for a
+rejected settlement, else the model's score, else 0.5 for review and 0 for pass.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from typing import Final
 
 from rules.base import Action
 from rules.online import Execution, Outcome
+from serve.model import ModelSignal
 from serve.schemas import Decision, HitOut
+
+MODEL_RULE_ID: Final = "MODEL"
+MODEL_PATTERN: Final = "anomalous_settlement"
 
 _DECISION: Final = {Action.REJECT: Decision.REJECT, Action.REVIEW: Decision.REVIEW}
 _STRENGTH: Final = {Decision.PASS: 0, Decision.REVIEW: 1, Decision.REJECT: 2}
@@ -41,11 +51,31 @@ def rule_hits(executions: Sequence[Execution]) -> list[HitOut]:
     return hits
 
 
-def decide(hits: Sequence[HitOut]) -> tuple[Decision, float]:
-    """The decision and its risk score (1 for a hard fact) from the hits."""
+def model_hits(signal: ModelSignal) -> list[HitOut]:
+    """The model's hit when its score asks for review (none otherwise, or when degraded)."""
+    if not signal.asks_review or signal.score is None or signal.threshold is None:
+        return []
+    why = ", ".join(f"{r.feature}={r.value:.4g}" for r in signal.reasons)
+    return [
+        HitOut(
+            rule_id=MODEL_RULE_ID,
+            pattern=MODEL_PATTERN,
+            action=Action.REVIEW,
+            message=(
+                f"模型风险评分 {signal.score:.2f} ≥ {signal.threshold:.2f}"
+                f" (model {signal.name} v{signal.version}): {why}"
+            ),
+        )
+    ]
+
+
+def decide(hits: Sequence[HitOut], signal: ModelSignal | None = None) -> tuple[Decision, float]:
+    """The decision and its risk score from the hits (the model's included) and the model."""
     decision = max(
         (_DECISION.get(hit.action, Decision.PASS) for hit in hits),
         key=_STRENGTH.__getitem__,
         default=Decision.PASS,
     )
+    if decision is not Decision.REJECT and signal is not None and signal.score is not None:
+        return decision, round(signal.score, 4)
     return decision, _RISK[decision]

@@ -151,6 +151,8 @@ class ScoreOut(BaseModel):
     model: ModelOut
     credit: dict[str, Any]
     degraded: bool
+    degraded_reason: str | None = None
+    """Why the model had no say in a degraded answer (no model, over its time budget, ...)."""
 
 
 class ReversalIn(Strict):

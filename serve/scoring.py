@@ -14,10 +14,12 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from features.settlement_features import SETTLEMENT_FEATURES
 from features.store import HistoryLine, record_settlement, reverse_settlement
 from rules.base import RuleBase, shipped_rulebase
 from rules.online import LineView, SettlementView, evaluate
-from serve.decision import decide, rule_hits
+from serve.decision import decide, model_hits, rule_hits
+from serve.model import NO_MODEL, ModelInForce, ModelSignal
 from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
 from serve.tables import blacklist, decisions, reversals, rule_executions
 from traceability.ledger import DrugLine, check_codes, release_codes
@@ -82,6 +84,11 @@ class Scored:
     degraded: bool
     replayed: bool
     """True when the answer is the one stored for an earlier request."""
+    degraded_cause: str | None = None
+    model_score: float | None = None
+    challenger_version: str | None = None
+    challenger_score: float | None = None
+    """The challenger's shadow score: logged and stored, never deciding."""
 
     @classmethod
     def of_stored(cls, body: bytes) -> Scored:
@@ -100,10 +107,12 @@ def score(
     settlement: SettlementIn,
     raw_body: bytes,
     rulebase: RuleBase | None = None,
+    model: ModelInForce | None = None,
 ) -> Scored:
     """The answer for ``settlement``: the stored one if it was scored before.
 
-    ``rulebase``: the rule base in force (the shipped one unless given)."""
+    ``rulebase``: the rule base in force (the shipped one unless given); ``model``: the
+    model in force (none: the answer is degraded and says so)."""
     started = time.perf_counter()
     rulebase = rulebase or shipped_rulebase()
     try:
@@ -130,15 +139,18 @@ def score(
                 settled_at=settlement.settled_at,
                 lines=lines,
             )
+            view = _view(settlement)
             executions = evaluate(
                 conn,
                 rulebase,
-                _view(settlement),
+                view,
                 trace_hits=checked.hits,
                 blacklisted=is_blacklisted(conn, settlement.institution_id),
             )
-            hits = rule_hits(executions)
-            decision, risk = decide(hits)
+            # the model reads the patient's history before this settlement joins it
+            signal = model.signal(conn, view) if model else ModelSignal(reason=NO_MODEL)
+            hits = rule_hits(executions) + model_hits(signal)
+            decision, risk = decide(hits, signal)
             if decision is not Decision.REJECT:  # a rejected settlement takes no pack
                 checked.consume()
             record_settlement(
@@ -163,9 +175,10 @@ def score(
                 decision=decision,
                 risk_score=risk,
                 hits=hits,
-                model=ModelOut(),
+                model=ModelOut(name=signal.name, version=signal.version, score=signal.score),
                 credit={},
-                degraded=False,
+                degraded=signal.degraded,
+                degraded_reason=signal.reason,
             )
             body = orjson.dumps(answer.model_dump(mode="json"))
             conn.execute(
@@ -182,6 +195,16 @@ def score(
                     decided_at=datetime.now(UTC),
                     rulebase_version=rulebase.version,
                     rulebase_sha256=rulebase.checksum,
+                    model_name=signal.name,
+                    model_version=signal.version,
+                    model_score=None if signal.score is None else round(signal.score, 4),
+                    feature_set=SETTLEMENT_FEATURES.tag if signal.name else None,
+                    degraded=signal.degraded,
+                    degraded_reason=signal.reason,
+                    challenger_version=signal.challenger_version,
+                    challenger_score=None
+                    if signal.challenger_score is None
+                    else round(signal.challenger_score, 4),
                 )
             )
             conn.execute(
@@ -203,6 +226,10 @@ def score(
                 hits=tuple((h.rule_id, h.action.value) for h in hits),
                 degraded=answer.degraded,
                 replayed=False,
+                degraded_cause=signal.cause,
+                model_score=signal.score,
+                challenger_version=signal.challenger_version,
+                challenger_score=signal.challenger_score,
             )
     except IntegrityError:
         # another worker stored this settlement's decision first: answer that one

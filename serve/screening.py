@@ -8,6 +8,8 @@ entity), so screening the same history twice gives the same ids.
 The rule base (``rules``: the trace-code checks and the catalog rules) gives one flag per
 (settlement, pattern): its action is the strongest of the rules that hit, its evidence
 names them, the lines and facts behind the hit, and the rule base's version and checksum.
+The graph analyses (``models.graphs``) give ``group_admission`` (with the groups' members
+in ``groups.parquet``), ``resale_hub`` and ``drug_hoarding``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import duckdb
+
 from features.batch import open_history
-from features.flags import Flag, write_flags
+from features.flags import Flag, GroupMember, write_flags
+from models.graphs import code_flow_flags, group_admission_flags
 from rules.base import RuleBase, shipped_rulebase
 from rules.batch import BatchRules, findings
 from rules.templates import TraceCode
@@ -46,12 +51,17 @@ def rule_flags(
     """The rule base (the one in force unless given) over the whole history of
     ``data_dir``: one flag per (settlement, pattern). ``blacklist``: institution ids on the
     black list (kept in the store; none by default)."""
-    rulebase = rulebase or shipped_rulebase()
     con = open_history(data_dir, memory_limit=memory_limit)
     try:
-        hits = BatchRules(con, blacklist=blacklist).run(rulebase)
+        return _rule_flags(con, rulebase or shipped_rulebase(), blacklist)
     finally:
         con.close()
+
+
+def _rule_flags(
+    con: duckdb.DuckDBPyConnection, rulebase: RuleBase, blacklist: Iterable[str]
+) -> list[Flag]:
+    hits = BatchRules(con, blacklist=blacklist).run(rulebase)
     return [
         Flag(
             entity_type="settlement",
@@ -84,8 +94,20 @@ def screen(
     memory_limit: str = "4GB",
     rulebase: RuleBase | None = None,
     blacklist: Iterable[str] = (),
+    models: bool = True,
 ) -> ScreeningResult:
-    """Screen the (validated) history in ``data_dir`` and write the flags into ``out_dir``."""
-    flags = rule_flags(data_dir, memory_limit=memory_limit, rulebase=rulebase, blacklist=blacklist)
-    flags_path, groups_path = write_flags(flags, out_dir)
+    """Screen the (validated) history in ``data_dir`` and write the flags into ``out_dir``:
+    the rule base, then (``models``) the graph analyses on the same connection (the code
+    flows reuse the trace-code screening's resolved codes)."""
+    con = open_history(data_dir, memory_limit=memory_limit)
+    members: list[GroupMember] = []
+    try:
+        flags = _rule_flags(con, rulebase or shipped_rulebase(), blacklist)
+        if models:
+            group_flags, members = group_admission_flags(con)
+            flags += group_flags
+            flags += code_flow_flags(con)
+    finally:
+        con.close()
+    flags_path, groups_path = write_flags(flags, out_dir, members)
     return ScreeningResult(flags=flags, flags_path=flags_path, groups_path=groups_path)

@@ -36,6 +36,24 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; a local store in the data folder if unset"
     )
+    model_name: str = Field(
+        default="fundguard-settlement", description="the registered model the scorer uses"
+    )
+    model_review_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="a model score at or above it asks for review; the model's own if unset",
+    )
+    model_budget_ms: float = Field(
+        default=10.0, gt=0, description="features and model score within it, or answer degraded"
+    )
+    model_cooloff_seconds: float = Field(
+        default=10.0, ge=0, description="how long a model over its budget is set aside"
+    )
+    model_refresh_seconds: float = Field(
+        default=30.0, gt=0, description="how often the scorer looks for a newly promoted model"
+    )
 
     @classmethod
     def settings_customise_sources(

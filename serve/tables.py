@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import Column, Integer, MetaData, Numeric, PrimaryKeyConstraint, String, Table, Text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    false,
+)
 
 from traceability.store import ID, UTCDateTime
 
@@ -25,7 +36,19 @@ decisions = Table(
     Column("decided_at", UTCDateTime(), nullable=False),
     Column("rulebase_version", String(64), nullable=False),
     Column("rulebase_sha256", String(64), nullable=False),
+    Column("model_name", String(128), nullable=True),
+    Column("model_version", String(32), nullable=True),
+    Column("model_score", Numeric(6, 4), nullable=True),
+    Column("feature_set", String(64), nullable=True),
+    Column("degraded", Boolean, nullable=False, server_default=false()),
+    Column("degraded_reason", Text, nullable=True),
+    Column("challenger_version", String(32), nullable=True),
+    Column("challenger_score", Numeric(6, 4), nullable=True),
 )
+"""Every answer given, stored before it leaves: the answer itself (``response``, what a
+repeated request gets), what decided it (rule base version and checksum, model name,
+version and score, feature set; ``degraded`` with its reason when the model had no say),
+the challenger's shadow score, and the latency."""
 
 rule_executions = Table(
     "rule_executions",

@@ -75,10 +75,20 @@ def province(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def province_flags(province: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The province screened in batch: the folder holding flags.parquet."""
+    """The province screened by the rule base alone: the folder holding flags.parquet."""
     from serve.screening import screen
 
     out = tmp_path_factory.mktemp("screened")
+    screen(province, out, models=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def province_screened(province: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The province screened as ``fundguard screen`` does it (rules, graphs, models)."""
+    from serve.screening import screen
+
+    out = tmp_path_factory.mktemp("screened-all")
     screen(province, out)
     return out
 

@@ -92,7 +92,9 @@ def test_a_clean_settlement_passes_and_consumes_its_codes(
     answer = client.post("/v1/score", json=settlement("S1", C1)).json()
     assert answer["decision"] == "pass"
     assert answer["hits"] == []
-    assert answer["degraded"] is False
+    assert answer["degraded"] is True  # no model registered: rules and ledger alone
+    assert answer["degraded_reason"] == "no model is registered as champion"
+    assert answer["model"] == {"name": None, "version": None, "score": None}
     with store.connect() as conn:
         assert conn.execute(select(ledger_entries.c.canonical_code)).scalars().all() == [C1]
 
