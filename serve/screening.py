@@ -9,7 +9,9 @@ The rule base (``rules``: the trace-code checks and the catalog rules) gives one
 (settlement, pattern): its action is the strongest of the rules that hit, its evidence
 names them, the lines and facts behind the hit, and the rule base's version and checksum.
 The graph analyses (``models.graphs``) give ``group_admission`` (with the groups' members
-in ``groups.parquet``), ``resale_hub`` and ``drug_hoarding``.
+in ``groups.parquet``), ``resale_hub`` and ``drug_hoarding``; the peer-group anomaly
+detectors (``models.anomaly_flags``) give ``anomalous_institution`` and
+``anomalous_settlement``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import duckdb
 
 from features.batch import open_history
 from features.flags import Flag, GroupMember, write_flags
+from features.institution_features import institution_features
+from features.settlement_features import settlement_features
+from models.anomaly_flags import anomalous_institution_flags, anomalous_settlement_flags
 from models.graphs import code_flow_flags, group_admission_flags
 from rules.base import RuleBase, shipped_rulebase
 from rules.batch import BatchRules, findings
@@ -87,6 +92,18 @@ def code_flags(
     )
 
 
+def anomaly_flags(con: duckdb.DuckDBPyConnection, *, explained: Iterable[str]) -> list[Flag]:
+    """``anomalous_institution`` (each institution against its peer group) and
+    ``anomalous_settlement`` (a settlement far from those of its visit type that no rule or
+    analysis already explains), from detectors fitted on this history: the province is its
+    own reference."""
+    institutions = institution_features(con)
+    settlements = settlement_features(con)
+    return anomalous_institution_flags(institutions) + anomalous_settlement_flags(
+        settlements, explained=set(explained)
+    )
+
+
 def screen(
     data_dir: Path,
     out_dir: Path,
@@ -98,7 +115,7 @@ def screen(
 ) -> ScreeningResult:
     """Screen the (validated) history in ``data_dir`` and write the flags into ``out_dir``:
     the rule base, then (``models``) the graph analyses on the same connection (the code
-    flows reuse the trace-code screening's resolved codes)."""
+    flows reuse the trace-code screening's resolved codes) and the anomaly detectors."""
     con = open_history(data_dir, memory_limit=memory_limit)
     members: list[GroupMember] = []
     try:
@@ -107,6 +124,7 @@ def screen(
             group_flags, members = group_admission_flags(con)
             flags += group_flags
             flags += code_flow_flags(con)
+            flags += anomaly_flags(con, explained={f.entity_id for f in flags})
     finally:
         con.close()
     flags_path, groups_path = write_flags(flags, out_dir, members)
