@@ -148,6 +148,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             settlement.model_dump_json().encode(),
             request.app.state.rules.current(),
             request.app.state.model,
+            settings.watch_review_threshold,
         )
         if scored.replayed:
             metrics.replayed.inc()

@@ -87,7 +87,13 @@ def _require_valid(data_dir: Path) -> None:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--memory-limit", default="4GB", show_default=True, help="DuckDB's memory limit")
-def screen(data_dir: Path, out_dir: Path, memory_limit: str) -> None:
+@click.option(
+    "--store",
+    "to_store",
+    is_flag=True,
+    help="also replace the store's watch list with the patients and institutions flagged",
+)
+def screen(data_dir: Path, out_dir: Path, memory_limit: str, to_store: bool) -> None:
     """Screen a whole history: OUT/flags.parquet, OUT/flags.csv and OUT/groups.parquet."""
     from serve import blacklist
     from serve.screening import screen as run_screening
@@ -108,6 +114,17 @@ def screen(data_dir: Path, out_dir: Path, memory_limit: str) -> None:
     click.echo(f"{len(result.flags)} flag(s) in {seconds:.1f} s -> {result.flags_path}")
     for pattern, count in result.counts().items():
         click.echo(f"  {pattern:<28}{count:>8}")
+    if to_store:
+        from serve import watchlist
+        from serve.store import upgrade
+
+        upgrade(settings.store_url)
+        engine = create_store_engine(settings.store_url)
+        try:
+            kept = watchlist.replace(engine, watchlist.entries(result.flags, result.members))
+        finally:
+            engine.dispose()
+        click.echo(f"watch list in {settings.store_url}: {kept} entr(y/ies)")
 
 
 @main.command()
@@ -269,16 +286,20 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--scale", type=click.Choice(SCALES), default="small", show_default=True)
 def demo(seed: int, scale: str) -> None:
-    """The main job on the embedded defaults: simulate a province, validate, screen and
-    load it into the store the scorer uses."""
+    """The main job on the embedded defaults: simulate a province, validate it, load it into
+    the store the scorer uses, screen it (its watch list into the store), evaluate the
+    screening against the province's truth, and train, register and promote the settlement
+    model the scorer loads."""
     settings = Settings()
     province = settings.data_dir / "province"
     ctx = click.get_current_context()
     ctx.invoke(simulate, out_dir=province, seed=seed, scale=scale, fmt="parquet")
     ctx.invoke(validate, data_dir=province)
-    screened = settings.data_dir / "screen"
-    ctx.invoke(screen, data_dir=province, out_dir=screened, memory_limit="4GB")
     ctx.invoke(load, data_dir=province)
+    screened = settings.data_dir / "screen"
+    ctx.invoke(screen, data_dir=province, out_dir=screened, memory_limit="4GB", to_store=True)
+    ctx.invoke(evaluate, data_dir=province, flags_dir=screened)
+    ctx.invoke(train, data_dir=province, do_register=True, do_promote=True, memory_limit="4GB")
     import orjson
 
     from serve.demo import example_request

@@ -22,6 +22,7 @@ from serve.decision import decide, model_hits, rule_hits
 from serve.model import NO_MODEL, ModelInForce, ModelSignal
 from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
 from serve.tables import blacklist, decisions, reversals, rule_executions
+from serve.watchlist import watch_hits
 from traceability.ledger import DrugLine, check_codes, release_codes
 
 
@@ -108,11 +109,14 @@ def score(
     raw_body: bytes,
     rulebase: RuleBase | None = None,
     model: ModelInForce | None = None,
+    watch_review_threshold: float = 0.5,
 ) -> Scored:
     """The answer for ``settlement``: the stored one if it was scored before.
 
     ``rulebase``: the rule base in force (the shipped one unless given); ``model``: the
-    model in force (none: the answer is degraded and says so)."""
+    model in force (none: the answer is degraded and says so); the watch list (``screen
+    --store``) turns a flagged patient's or institution's settlement into ``review`` at
+    ``watch_review_threshold``."""
     started = time.perf_counter()
     rulebase = rulebase or shipped_rulebase()
     try:
@@ -149,7 +153,11 @@ def score(
             )
             # the model reads the patient's history before this settlement joins it
             signal = model.signal(conn, view) if model else ModelSignal(reason=NO_MODEL)
-            hits = rule_hits(executions) + model_hits(signal)
+            hits = (
+                rule_hits(executions)
+                + model_hits(signal)
+                + watch_hits(conn, view, watch_review_threshold)
+            )
             decision, risk = decide(hits, signal)
             if decision is not Decision.REJECT:  # a rejected settlement takes no pack
                 checked.consume()

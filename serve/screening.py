@@ -36,6 +36,7 @@ from rules.templates import TraceCode
 @dataclass(frozen=True)
 class ScreeningResult:
     flags: list[Flag]
+    members: list[GroupMember]
     flags_path: Path
     groups_path: Path
 
@@ -128,4 +129,6 @@ def screen(
     finally:
         con.close()
     flags_path, groups_path = write_flags(flags, out_dir, members)
-    return ScreeningResult(flags=flags, flags_path=flags_path, groups_path=groups_path)
+    return ScreeningResult(
+        flags=flags, members=members, flags_path=flags_path, groups_path=groups_path
+    )

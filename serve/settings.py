@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     model_cooloff_seconds: float = Field(
         default=10.0, ge=0, description="how long a model over its budget is set aside"
     )
+    watch_review_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="a watch-list entry (screen --store) with this score or more asks for review",
+    )
     model_refresh_seconds: float = Field(
         default=30.0, gt=0, description="how often the scorer looks for a newly promoted model"
     )

@@ -79,3 +79,19 @@ reversals = Table(
     Column("released_codes", Integer, nullable=False),
     Column("recorded_at", UTCDateTime(), nullable=False),
 )
+
+
+watchlist = Table(
+    "watchlist",
+    metadata,
+    Column("entity_type", String(16), nullable=False),
+    Column("entity_id", ID, nullable=False),
+    Column("pattern", String(32), nullable=False),
+    Column("scope", ID, nullable=False),
+    Column("score", Numeric(6, 4), nullable=False),
+    Column("flag_id", String(32), nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("screened_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("entity_type", "entity_id", "pattern", "scope"),
+)
+"""The patients and institutions the batch analyses flagged (``serve.watchlist``)."""
