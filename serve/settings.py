@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+
+DEVELOPMENT_SECRET: Final = "development-only-not-a-secret"  # noqa: S105 - refused outside development
+PLACEHOLDER_SECRETS: Final = frozenset(
+    {DEVELOPMENT_SECRET, "", "changeme", "change-me", "secret", "password", "postgres", "admin"}
 )
 
 
@@ -26,6 +32,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FUNDGUARD_", extra="forbid")
 
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="outside development, placeholder secrets are refused at start",
+    )
+    secret_key: SecretStr = Field(
+        default=SecretStr(DEVELOPMENT_SECRET),
+        description="signs inspectors' sessions and forms; 32+ random characters in production",
+    )
     data_dir: Path = Field(default=Path("fundguard-data"), description="the data folder")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the store; SQLite in the data folder if unset"
@@ -75,6 +89,26 @@ class Settings(BaseSettings):
         if settings_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(settings_file)))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _real_secrets_outside_development(self) -> Self:
+        if self.environment == "development":
+            return self
+        problems = []
+        secret = self.secret_key.get_secret_value()
+        if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < 32:
+            problems.append("FUNDGUARD_SECRET_KEY is a placeholder or shorter than 32 characters")
+        for name, url in (
+            ("FUNDGUARD_DATABASE_URL", self.database_url),
+            ("FUNDGUARD_MLFLOW_TRACKING_URI", self.mlflow_tracking_uri),
+        ):
+            if url and "://" in url:
+                password = make_url(url).password
+                if password is not None and str(password).lower() in PLACEHOLDER_SECRETS:
+                    problems.append(f"{name} carries a placeholder password")
+        if problems:
+            raise ValueError(f"{self.environment} settings refused: " + "; ".join(problems))
+        return self
 
     @property
     def store_url(self) -> str:
