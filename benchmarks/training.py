@@ -9,7 +9,7 @@ in and loaded from a temporary MLflow store (``ScoringModel.predict_row``) with
 ``--registry``. Prints seconds per step and µs p50/p99 per row.
 
     .venv/bin/python benchmarks/training.py [--scales medium large] [--rows 20000] [--registry]
-    .venv/bin/python benchmarks/training.py --data /tmp/prov7
+    .venv/bin/python benchmarks/training.py --data /tmp/prov7 [--evaluate-on /tmp/m11]
 """
 
 from __future__ import annotations
@@ -69,7 +69,29 @@ def online(model: SettlementModel, rows: np.ndarray, label: str) -> None:
         print(f"    {name:<32}p50 {p50:7.1f} µs   p99 {p99:7.1f} µs")
 
 
-def bench(data_dir: Path, rows_wanted: int, use_registry: bool) -> None:
+def evaluate_on(model: SettlementModel, data_dir: Path) -> None:
+    """The trained model on another province's verdicts (never seen in training)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from models.supervised import precision_at_k
+
+    con = open_history(data_dir, memory_limit="3GB")
+    try:
+        features, feature_set = history_frame(con)
+        labels = settlement_labels(con)
+    finally:
+        con.close()
+    data = labelled_frame(features, labels, feature_set)
+    scores = model.predict(data.features)
+    y = data.labels
+    print(
+        f"  on {data_dir} ({len(y):,} verdicts, {int(y.sum()):,} confirmed): "
+        f"AUC {roc_auc_score(y, scores):.3f}, AP {average_precision_score(y, scores):.3f}, "
+        f"P@20 {precision_at_k(y, scores, 20):.2f}, P@100 {precision_at_k(y, scores, 100):.2f}"
+    )
+
+
+def bench(data_dir: Path, rows_wanted: int, use_registry: bool, other: Path | None = None) -> None:
     started = time.perf_counter()
     con = open_history(data_dir, memory_limit="3GB")
     try:
@@ -95,6 +117,8 @@ def bench(data_dir: Path, rows_wanted: int, use_registry: bool) -> None:
     pick = np.random.default_rng(1).choice(len(matrix), size=min(rows_wanted, len(matrix)))
     rows = np.ascontiguousarray(matrix[pick])
     online(result.model, rows, "trained model")
+    if other is not None:
+        evaluate_on(result.model, other)
     if use_registry:
         from models import registry
 
@@ -122,10 +146,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a province folder instead of simulating")
     parser.add_argument("--rows", type=int, default=20000, help="single rows scored online")
     parser.add_argument("--registry", action="store_true", help="also through MLflow")
+    parser.add_argument(
+        "--evaluate-on", type=Path, help="another province: the model on its verdicts"
+    )
     args = parser.parse_args()
     if args.data:
         print(f"{args.data}:")
-        bench(args.data, args.rows, args.registry)
+        bench(args.data, args.rows, args.registry, args.evaluate_on)
         return
     for scale in args.scales:
         with tempfile.TemporaryDirectory(prefix=f"fundguard-bench-{scale}-") as tmp:
@@ -134,7 +161,7 @@ def main() -> None:
             print(
                 f"{scale} province (seed {args.seed}), simulated in {time.perf_counter() - t0:.1f} s:"
             )
-            bench(Path(tmp), args.rows, args.registry)
+            bench(Path(tmp), args.rows, args.registry, args.evaluate_on)
 
 
 if __name__ == "__main__":
