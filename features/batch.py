@@ -13,6 +13,7 @@ they do not check.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Final
@@ -32,6 +33,11 @@ SQL_TYPES: Final = {
     Kind.CODE_LIST: "VARCHAR[]",
 }
 
+SPILL_CAP_BYTES: Final = 40 * 10**9
+SPILL_DISK_SHARE: Final = 0.5
+"""What DuckDB may spill by default: half the free space of the spill folder's disk, at most
+40 GB (DuckDB's own default is 90% of it, enough for one runaway query to fill the disk)."""
+
 
 def table_file(folder: Path, table: str) -> Path | None:
     """The file that holds ``table`` in ``folder`` (Parquet first), or None."""
@@ -43,7 +49,11 @@ def table_file(folder: Path, table: str) -> Path | None:
 
 
 def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    return _quote_text(str(path))
+
+
+def _quote_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _view_sql(con: duckdb.DuckDBPyConnection, table: Table, path: Path | None) -> str:
@@ -70,14 +80,30 @@ def _view_sql(con: duckdb.DuckDBPyConnection, table: Table, path: Path | None) -
     return f"SELECT {', '.join(selected)} FROM {source}"  # noqa: S608 - column names from features.tables
 
 
+def spill_bound(spill: Path) -> str:
+    """The default bound on what DuckDB spills into ``spill`` (``SPILL_DISK_SHARE`` of the
+    free space of its disk, at most ``SPILL_CAP_BYTES``), as a DuckDB size."""
+    probe = spill.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    return f"{int(min(SPILL_CAP_BYTES, free * SPILL_DISK_SHARE))}B"
+
+
 def open_history(
     folder: Path,
     *,
     memory_limit: str = "4GB",
     threads: int | None = None,
     temp_directory: Path | None = None,
+    max_temp_directory_size: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the contract tables of ``folder`` as typed views."""
+    """A DuckDB connection with the contract tables of ``folder`` as typed views.
+
+    What does not fit in ``memory_limit`` spills into ``temp_directory``, at most
+    ``max_temp_directory_size`` (a DuckDB size such as ``"40GB"``; by default
+    ``spill_bound``): beyond it a query fails with DuckDB's out-of-memory error naming
+    the setting, rather than filling the disk."""
     con = duckdb.connect(config={"memory_limit": memory_limit})
     con.execute(f"SET TimeZone = '{TIMEZONE}'")
     # inside Jupyter without ipywidgets DuckDB refuses any progress-bar setting (duckdb#7590)
@@ -91,6 +117,8 @@ def open_history(
     # where DuckDB spills what does not fit in memory_limit (not the working folder)
     spill = temp_directory or Path(tempfile.gettempdir()) / "fundguard-duckdb"
     con.execute(f"SET temp_directory = {_quote(spill)}")
+    bound = max_temp_directory_size or spill_bound(spill)
+    con.execute(f"SET max_temp_directory_size = {_quote_text(bound)}")
     for name, table in TABLES.items():
         con.execute(f"CREATE VIEW {name} AS {_view_sql(con, table, table_file(folder, name))}")
     return con

@@ -8,14 +8,27 @@ ledger just before the sale (a running sum over the code's sales and releases in
 order) and the stock (an as-of join on the institution's supply-chain events). The
 predicates of ``traceability.checks`` then run over those facts in batches of rows, exactly
 as they run over the facts of one settlement online.
+
+Every fact of a code depends on that code's sales and stock alone, so the history is
+screened in partitions of the canonical codes (by hash, as DESIGN.md's ledger partitioned by
+code): the (line, code) rows and the stock are written once, partitioned, to Parquet beside
+DuckDB's spill folder, and each partition's as-of join and ledger windows fit in the memory
+limit. The only thing the partitions share is the (small) set of rejected settlements,
+which couples the codes of one settlement from round to round.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Final
 
 import duckdb
@@ -26,6 +39,23 @@ from traceability.checks import CHECKS, CodeFacts, TracePattern
 from traceability.codes import InvalidTraceCode, canonicalize_codes
 
 BATCH_ROWS: Final = 1_000_000
+CODE_MAP_CHUNK: Final = 100_000
+
+ROW_BYTES: Final = 1000
+"""Memory one (line, code) row takes in a partition's as-of join and ledger windows
+(measured: ~1 KB, the peak RSS of one partition of 2.5M rows of the benchmark's history
+screened without a memory limit)."""
+
+MEMORY_SHARE: Final = 0.5
+"""The share of DuckDB's memory limit one partition is sized to."""
+
+MAX_PARTITIONS: Final = 1024
+
+NO_LEDGER: Final = -1
+"""The partition of the lines without a valid code: the ledger has nothing to say of them."""
+
+_PARTITION_OF: Final = "(hash(canonical) % {partitions})::BIGINT"
+"""The partition of a canonical code (column ``canonical``) among ``partitions``."""
 
 # A 20-digit code is its own canonical form (CONTRACT.md §2): DuckDB takes that fast path
 # (regexp_full_match(raw, '[0-9]{20}')) and every other spelling goes once, by distinct
@@ -57,43 +87,53 @@ class CodeHit:
 
 
 def _register_code_map(con: duckdb.DuckDBPyConnection) -> None:
-    """Canonicalise every spelling that is not a plain 20-digit code, once per spelling."""
-    raws = [
-        row[0]
-        for row in con.execute(
-            """
-            SELECT DISTINCT raw FROM (
-                SELECT unnest(trace_codes) AS raw FROM settlement_items WHERE item_type = 'drug'
-                UNION ALL
-                SELECT trace_code AS raw FROM trace_events
-            ) WHERE raw IS NOT NULL AND NOT regexp_full_match(raw, '[0-9]{20}')
-            """
-        ).fetchall()
-    ]
-    by_spelling = canonicalize_codes(raws)
-    parsed = [by_spelling[raw] for raw in raws]
-    table = pa.table(
-        {
-            "raw": pa.array(raws, pa.string()),
-            "canonical": pa.array(
-                [None if isinstance(p, InvalidTraceCode) else p.canonical for p in parsed],
-                pa.string(),
-            ),
-            "product_code": pa.array(
-                [None if isinstance(p, InvalidTraceCode) else p.product_code for p in parsed],
-                pa.string(),
-            ),
-            "reason": pa.array(
-                [p.reason if isinstance(p, InvalidTraceCode) else None for p in parsed],
-                pa.string(),
-            ),
-        }
+    """Canonicalise every spelling that is not a plain 20-digit code, once per spelling, in
+    chunks (Python holds one chunk's parsed codes at a time, however many spellings)."""
+    spellings = con.sql(
+        """
+        SELECT DISTINCT raw FROM (
+            SELECT unnest(trace_codes) AS raw FROM settlement_items WHERE item_type = 'drug'
+            UNION ALL
+            SELECT trace_code AS raw FROM trace_events
+        ) WHERE raw IS NOT NULL AND NOT regexp_full_match(raw, '[0-9]{20}')
+        """
+    ).to_arrow_table()
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE code_map
+           (raw VARCHAR, canonical VARCHAR, product_code VARCHAR, reason VARCHAR)"""
     )
-    _materialise(con, "code_map", table)
+    for chunk in spellings.column("raw").chunks:
+        for start in range(0, len(chunk), CODE_MAP_CHUNK):
+            raws = chunk.slice(start, CODE_MAP_CHUNK).to_pylist()
+            by_spelling = canonicalize_codes(raws)
+            parsed = [by_spelling[raw] for raw in raws]
+            table = pa.table(
+                {
+                    "raw": pa.array(raws, pa.string()),
+                    "canonical": pa.array(
+                        [None if isinstance(p, InvalidTraceCode) else p.canonical for p in parsed],
+                        pa.string(),
+                    ),
+                    "product_code": pa.array(
+                        [
+                            None if isinstance(p, InvalidTraceCode) else p.product_code
+                            for p in parsed
+                        ],
+                        pa.string(),
+                    ),
+                    "reason": pa.array(
+                        [p.reason if isinstance(p, InvalidTraceCode) else None for p in parsed],
+                        pa.string(),
+                    ),
+                }
+            )
+            con.register("code_map_arrow", table)
+            con.execute("INSERT INTO code_map SELECT * FROM code_map_arrow")
+            con.unregister("code_map_arrow")
 
 
 _RESOLVED_SQL: Final = """
-CREATE OR REPLACE TEMP TABLE drug_lines AS
+CREATE OR REPLACE TEMP VIEW drug_lines AS
     SELECT i.settlement_id, i.line_no, i.item_code, i.quantity, i.amount,
            coalesce(i.split_sale, false) AS split_sale,
            coalesce(i.trace_codes, []) AS trace_codes,
@@ -105,17 +145,22 @@ CREATE OR REPLACE TEMP TABLE drug_lines AS
     LEFT JOIN reversals r USING (settlement_id)
     LEFT JOIN drugs d ON d.drug_code = i.item_code
     WHERE i.item_type = 'drug';
-CREATE OR REPLACE TEMP TABLE stock AS
+CREATE OR REPLACE TEMP VIEW stock AS
     SELECT e.institution_id, e.event_at, e.event_type,
            CASE WHEN regexp_full_match(e.trace_code, '[0-9]{20}') THEN e.trace_code
                 ELSE m.canonical END AS canonical
     FROM trace_events e LEFT JOIN code_map m ON m.raw = e.trace_code;
-CREATE OR REPLACE TEMP TABLE resolved AS
-    WITH code_lines AS (
-        SELECT l.* EXCLUDE (trace_codes), u.raw, u.pos
-        FROM drug_lines l,
-             LATERAL (SELECT unnest(l.trace_codes) AS raw,
-                             generate_subscripts(l.trace_codes, 1) AS pos) u
+CREATE OR REPLACE TEMP VIEW code_lines AS
+    WITH padded AS (
+        -- a line without a code stays, as one row with pos NULL
+        SELECT l.* EXCLUDE (trace_codes),
+               CASE WHEN l.n_codes > 0 THEN l.trace_codes ELSE [NULL::VARCHAR] END AS slots
+        FROM drug_lines l
+    ),
+    unnested AS (
+        SELECT p.* EXCLUDE (slots), u.raw, CASE WHEN p.n_codes > 0 THEN u.pos END AS pos
+        FROM padded p,
+             LATERAL (SELECT unnest(p.slots) AS raw, generate_subscripts(p.slots, 1) AS pos) u
     ),
     canonical AS (
         SELECT c.*,
@@ -124,83 +169,124 @@ CREATE OR REPLACE TEMP TABLE resolved AS
                CASE WHEN regexp_full_match(c.raw, '[0-9]{20}') THEN substr(c.raw, 1, 7)
                     ELSE m.product_code END AS product_code,
                m.reason AS invalid_reason,
-               CASE WHEN c.split_sale THEN c.quantity::DOUBLE / c.n_codes
+               CASE WHEN c.pos IS NULL THEN 0
+                    WHEN c.split_sale THEN c.quantity::DOUBLE / c.n_codes
                     ELSE c.pack_units::DOUBLE END AS units
-        FROM code_lines c LEFT JOIN code_map m ON m.raw = c.raw
+        FROM unnested c LEFT JOIN code_map m ON m.raw = c.raw
     )
-    SELECT c.*, coalesce(p.drug_code, '') AS product_drug_code,
-           coalesce(st.event_type, '') AS last_stock_event
-    FROM canonical c
-    LEFT JOIN products p ON p.product_code = c.product_code
+    SELECT c.*, coalesce(p.drug_code, '') AS product_drug_code
+    FROM canonical c LEFT JOIN products p ON p.product_code = c.product_code;
+CREATE OR REPLACE TEMP VIEW resolved AS
+    SELECT c.*, coalesce(st.event_type, '') AS last_stock_event
+    FROM (SELECT * FROM code_lines WHERE pos IS NOT NULL) c
     ASOF LEFT JOIN stock st
         ON st.institution_id = c.institution_id AND st.canonical = c.canonical
        AND st.event_at <= c.settled_at;
 """
 """The lines with their codes resolved: canonical form, product, the institution's last
-stock event at the sale. None of it depends on what was rejected: computed once, read by
-every round of the screening."""
+stock event at the sale (``resolved``: one row per (line, code)). None of it depends on what
+was rejected. Views, computed where they are read: the screening reads ``code_lines`` and
+``stock`` once, to partition them; ``resolved`` is there for other readers of the history
+(the ledger load, the institution features)."""
+
+_PARTITION_LINES_SQL: Final = """
+COPY (
+    SELECT settlement_id, line_no, pos, item_code, amount, raw, canonical, invalid_reason,
+           split_sale, units, pack_units, product_drug_code, institution_id, settled_at,
+           reversed_at,
+           CASE WHEN canonical IS NULL THEN {no_ledger} ELSE {partition_of} END AS part
+    FROM code_lines
+) TO {folder} (FORMAT parquet, PARTITION_BY (part), ROW_GROUP_SIZE 16384, RETURN_STATS)
+"""
+"""Every (line, code) into its code's partition; lines without a valid code into their own."""
+
+_PARTITION_STOCK_SQL: Final = """
+COPY (
+    SELECT institution_id, event_at, event_type, canonical, {partition_of} AS part
+    FROM stock WHERE canonical IS NOT NULL
+) TO {folder} (FORMAT parquet, PARTITION_BY (part), ROW_GROUP_SIZE 16384, RETURN_STATS)
+"""
+"""The supply-chain events into their code's partition (an invalid code was never stocked)."""
+
+_NO_STOCK_SQL: Final = """
+SELECT NULL::VARCHAR AS institution_id, NULL::TIMESTAMPTZ AS event_at,
+       NULL::VARCHAR AS event_type, NULL::VARCHAR AS canonical WHERE false
+"""
 
 _FACTS_SQL: Final = """
-WITH sales AS (
-    SELECT r.*, n.settlement_id IS NOT NULL AS rejected
-    FROM resolved r LEFT JOIN not_consuming n USING (settlement_id)
-    WHERE r.canonical IS NOT NULL {only_affected}
+WITH lines AS (
+    SELECT * FROM {lines} {only_affected}
+),
+part_stock AS (
+    SELECT * FROM {stock} {only_affected}
+),
+sales AS (
+    SELECT l.*, coalesce(st.event_type, '') AS last_stock_event,
+           n.settlement_id IS NOT NULL AS rejected
+    FROM lines l
+    LEFT JOIN not_consuming n USING (settlement_id)
+    ASOF LEFT JOIN part_stock st
+        ON st.institution_id = l.institution_id AND st.canonical = l.canonical
+       AND st.event_at <= l.settled_at
 ),
 moves AS (
     -- a sale adds its units at settled_at, unless it was rejected (it took nothing); a
-    -- reversal releases them at reversed_at, before any sale at the same instant; a
-    -- rejected settlement's own later lines still see its earlier ones, as online
+    -- reversal releases them at reversed_at, before any sale at the same instant
     SELECT *, settled_at AS t, 1 AS kind,
-           CASE WHEN split_sale THEN 0 ELSE units END AS own_full,
-           CASE WHEN split_sale THEN units ELSE 0 END AS own_split,
            CASE WHEN split_sale OR rejected THEN 0 ELSE units END AS full_delta,
            CASE WHEN split_sale AND NOT rejected THEN units ELSE 0 END AS split_delta
     FROM sales
     UNION ALL BY NAME
     SELECT canonical, settlement_id, line_no, pos, false AS rejected, reversed_at AS t,
-           0 AS kind, 0 AS own_full, 0 AS own_split,
+           0 AS kind,
            CASE WHEN split_sale THEN 0 ELSE -units END AS full_delta,
            CASE WHEN split_sale THEN -units ELSE 0 END AS split_delta
     FROM sales WHERE reversed_at IS NOT NULL AND NOT rejected
 ),
+own AS (
+    -- a rejected settlement's own later lines still see its earlier ones, as online (a
+    -- window over the rejected sales alone, few)
+    SELECT settlement_id, line_no, pos,
+           coalesce(sum(CASE WHEN split_sale THEN 0 ELSE units END) OVER o, 0) AS own_full,
+           coalesce(sum(CASE WHEN split_sale THEN units ELSE 0 END) OVER o, 0) AS own_split
+    FROM sales WHERE rejected
+    WINDOW o AS (PARTITION BY canonical, settlement_id ORDER BY line_no, pos
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+),
 ledger AS (
     SELECT *,
-           coalesce(sum(full_delta) OVER w, 0)
-             + CASE WHEN rejected THEN coalesce(sum(own_full) OVER own, 0) ELSE 0 END
-             AS prior_full_units,
-           coalesce(sum(split_delta) OVER w, 0)
-             + CASE WHEN rejected THEN coalesce(sum(own_split) OVER own, 0) ELSE 0 END
-             AS prior_split_units,
+           coalesce(sum(full_delta) OVER w, 0) AS prior_full,
+           coalesce(sum(split_delta) OVER w, 0) AS prior_split,
            last_value(CASE WHEN kind = 1 AND NOT rejected THEN settlement_id END IGNORE NULLS)
              OVER w AS earlier_settlement
     FROM moves
     WINDOW w AS (PARTITION BY canonical ORDER BY t, kind, settlement_id, line_no, pos
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-           own AS (PARTITION BY canonical, settlement_id, kind ORDER BY line_no, pos
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 )
 SELECT settlement_id, line_no, pos, item_code, amount, raw, canonical,
        true AS has_code, true AS code_valid, invalid_reason,
        split_sale, units, pack_units, product_drug_code,
-       prior_full_units, prior_split_units, earlier_settlement, last_stock_event
-FROM ledger WHERE kind = 1
+       prior_full + coalesce(own_full, 0) AS prior_full_units,
+       prior_split + coalesce(own_split, 0) AS prior_split_units,
+       earlier_settlement, last_stock_event
+FROM ledger LEFT JOIN own USING (settlement_id, line_no, pos)
+WHERE kind = 1
 """
-"""The facts of every (line, valid code); ``{only_affected}`` narrows it to some codes."""
+"""The facts of every (line, valid code) of one partition; ``{only_affected}`` narrows it
+to some codes."""
 
 _NO_LEDGER_FACTS_SQL: Final = """
-SELECT settlement_id, line_no, pos, item_code, amount, raw, NULL AS canonical,
-       true AS has_code, false AS code_valid, invalid_reason,
+SELECT settlement_id, line_no, pos, item_code, amount, raw, NULL::VARCHAR AS canonical,
+       pos IS NOT NULL AS has_code, false AS code_valid,
+       CASE WHEN pos IS NULL THEN 'no traceability code on a drug line'
+            ELSE invalid_reason END AS invalid_reason,
        split_sale, units, pack_units, product_drug_code,
-       0 AS prior_full_units, 0 AS prior_split_units, NULL AS earlier_settlement,
-       last_stock_event
-FROM resolved WHERE canonical IS NULL
-UNION ALL
-SELECT settlement_id, line_no, NULL, item_code, amount, NULL, NULL,
-       false, false, 'no traceability code on a drug line',
-       split_sale, 0, pack_units, '', 0, 0, NULL, ''
-FROM drug_lines WHERE n_codes = 0
+       0 AS prior_full_units, 0 AS prior_split_units, NULL::VARCHAR AS earlier_settlement,
+       '' AS last_stock_event
+FROM {lines}
 """
-"""The facts of lines without a valid code: the ledger has nothing to say of them."""
+"""The facts of lines without a valid code (no code, or an invalid one): the ledger has
+nothing to say of them, and an invalid code matches no stock."""
 
 
 def _facts(batch: pa.RecordBatch) -> CodeFacts:
@@ -223,7 +309,8 @@ def _facts(batch: pa.RecordBatch) -> CodeFacts:
 
 
 def prepare(con: duckdb.DuckDBPyConnection) -> None:
-    """Resolve every code of the history once: the tables every round reads."""
+    """Resolve every code spelling of the history once (``code_map``) and define the views
+    of the resolved lines (``drug_lines``, ``code_lines``, ``stock``, ``resolved``)."""
     _register_code_map(con)
     con.execute(_RESOLVED_SQL)
 
@@ -257,10 +344,138 @@ def _ids(column: str, values: set[str]) -> pa.Table:
     return pa.table({column: pa.array(sorted(values), pa.string())})
 
 
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_BYTE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def setting_bytes(con: duckdb.DuckDBPyConnection, name: str = "memory_limit") -> int:
+    """A DuckDB size setting on ``con`` (``memory_limit``, ``max_temp_directory_size``) in
+    bytes: DuckDB reports it as text (``2.7 GiB``)."""
+    text = str(con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0])
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
+    if match is None or match.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError(f"unreadable DuckDB {name} {text!r}")
+    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
+
+
+def code_partition(con: duckdb.DuckDBPyConnection, canonical: str, partitions: int) -> int:
+    """The partition of the canonical code ``canonical`` among ``partitions``."""
+    sql = f"SELECT {_PARTITION_OF.format(partitions=int(partitions))} FROM (SELECT ? AS canonical)"  # noqa: S608 - an int
+    return int(con.execute(sql, [canonical]).fetchall()[0][0])
+
+
+def partition_count(con: duckdb.DuckDBPyConnection) -> int:
+    """How many code partitions the history on ``con`` needs so that one partition's rows
+    (``ROW_BYTES`` each) take ``MEMORY_SHARE`` of the memory limit: from the number of item
+    lines (a count Parquet answers from its metadata) and the codes per line of the first
+    lines."""
+    lines = int(con.execute("SELECT count(*) FROM settlement_items").fetchall()[0][0])
+    per_line = con.execute(
+        """SELECT avg(len(coalesce(trace_codes, [])))
+           FROM (SELECT trace_codes FROM settlement_items LIMIT 100000)"""
+    ).fetchall()[0][0]
+    rows = lines * max(float(per_line or 0), 1.0)
+    budget = setting_bytes(con) * MEMORY_SHARE
+    return max(1, min(MAX_PARTITIONS, math.ceil(rows * ROW_BYTES / budget)))
+
+
+@contextmanager
+def _scratch_folder(con: duckdb.DuckDBPyConnection) -> Iterator[Path]:
+    """A fresh folder beside DuckDB's spill folder (on the disk meant for it, but not in it:
+    DuckDB removes a spill folder it created when it closes), removed afterwards."""
+    setting = str(con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0])
+    spill = Path(setting) if setting else Path(tempfile.gettempdir()) / "duckdb"
+    spill.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{spill.name}-codes-", dir=spill.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class CodePartitions:
+    """The (line, code) rows and the stock of a history, written to Parquet partitioned by
+    the hash of the canonical code; partition ``NO_LEDGER`` holds the lines without a
+    valid code."""
+
+    count: int
+    lines: dict[int, list[str]]
+    stock: dict[int, list[str]]
+    rows: dict[int, int]
+
+    @classmethod
+    def write(cls, con: duckdb.DuckDBPyConnection, folder: Path, count: int) -> CodePartitions:
+        """Partition the resolved lines and the stock of ``con`` (``prepare`` ran) into
+        ``count`` code partitions under ``folder``: one pass over the history each."""
+        lines, rows = _copy_partitioned(con, _PARTITION_LINES_SQL, folder / "lines", count)
+        stock, _ = _copy_partitioned(con, _PARTITION_STOCK_SQL, folder / "stock", count)
+        return cls(count=count, lines=lines, stock=stock, rows=rows)
+
+    def source(self, part: int) -> str:
+        """The (line, code) rows of partition ``part`` as a SQL table expression."""
+        return _parquet(self.lines.get(part, []))
+
+    def stock_source(self, part: int) -> str:
+        files = self.stock.get(part, [])
+        return _parquet(files) if files else f"({_NO_STOCK_SQL})"
+
+    @property
+    def ledger_parts(self) -> list[int]:
+        return sorted(p for p in self.lines if p != NO_LEDGER)
+
+
+def _copy_partitioned(
+    con: duckdb.DuckDBPyConnection, sql: str, folder: Path, count: int
+) -> tuple[dict[int, list[str]], dict[int, int]]:
+    """Run a partitioned ``COPY``; the files and the rows it wrote, by partition."""
+    statement = sql.format(
+        partition_of=_PARTITION_OF.format(partitions=count),
+        no_ledger=NO_LEDGER,
+        folder=_quote(str(folder)),
+    )
+    cursor = con.execute(statement)
+    names = [d[0] for d in cursor.description or ()]
+    files: dict[int, list[str]] = {}
+    rows: dict[int, int] = {}
+    for record in cursor.fetchall():
+        stats = dict(zip(names, record, strict=True))
+        part = int(stats["partition_keys"]["part"])
+        files.setdefault(part, []).append(str(stats["filename"]))
+        rows[part] = rows.get(part, 0) + int(stats["count"])
+    return files, rows
+
+
+def _parquet(files: list[str]) -> str:
+    return f"read_parquet([{', '.join(map(_quote, files))}], hive_partitioning = false)"
+
+
 HitKey = tuple[str, int, int | None, TracePattern]
 
 
-def screen_codes(con: duckdb.DuckDBPyConnection, *, max_rounds: int = 20) -> list[CodeHit]:
+def _key(row: dict[str, Any]) -> HitKey:
+    return (row["settlement_id"], row["line_no"], row["pos"], row["pattern"])
+
+
+def screen_codes(
+    con: duckdb.DuckDBPyConnection, *, max_rounds: int = 20, partitions: int | None = None
+) -> list[CodeHit]:
     """Screen a whole history: one hit per (settlement, pattern), in settlement order.
 
     A settlement that a check fires on is rejected, and a rejected settlement consumes no
@@ -270,35 +485,67 @@ def screen_codes(con: duckdb.DuckDBPyConnection, *, max_rounds: int = 20) -> lis
     codes of the settlements whose fate the last round changed, with the rejected ones
     consuming nothing, until no fate changes (a history needs as many rounds as its longest
     chain of rejections that free a pack for a later sale, rarely more than two or three).
+
+    Each round screens the code partitions one after the other (``partitions`` of them,
+    else as many as the history and the memory limit need: ``partition_count``); the
+    rejected settlements of a round are those of every partition. Afterwards the temp table
+    ``not_consuming`` holds the rejected settlements.
     """
     prepare(con)
+    count = partitions or partition_count(con)
+    with _scratch_folder(con) as folder:
+        fired = _screen_rounds(con, CodePartitions.write(con, folder, count), max_rounds)
+    return _code_hits(fired)
+
+
+def _screen_rounds(
+    con: duckdb.DuckDBPyConnection, parts: CodePartitions, max_rounds: int
+) -> dict[HitKey, dict[str, Any]]:
+    """Every (line, code, pattern) that fired once the rejected settlements are stable."""
     fired: dict[HitKey, dict[str, Any]] = {}
-    for row in _code_hit_rows(con, _NO_LEDGER_FACTS_SQL):
-        fired[(row["settlement_id"], row["line_no"], row["pos"], row["pattern"])] = row
+    if NO_LEDGER in parts.lines:
+        sql = _NO_LEDGER_FACTS_SQL.format(lines=parts.source(NO_LEDGER))
+        fired.update((_key(row), row) for row in _code_hit_rows(con, sql))
+    ledger_files = [f for p in parts.ledger_parts for f in parts.lines[p]]
     rejected: set[str] = set()
-    sql = _FACTS_SQL.format(only_affected="")
+    todo, only_affected = parts.ledger_parts, ""
     for round_no in range(max_rounds):
         _materialise(con, "not_consuming", _ids("settlement_id", rejected))
         if round_no:  # a later round: forget what it screens again
             affected = {r[0] for r in con.execute("SELECT canonical FROM affected").fetchall()}
             fired = {k: r for k, r in fired.items() if r["canonical"] not in affected}
-        for row in _code_hit_rows(con, sql):
-            fired[(row["settlement_id"], row["line_no"], row["pos"], row["pattern"])] = row
+        for part in todo:
+            sql = _FACTS_SQL.format(
+                lines=parts.source(part),
+                stock=parts.stock_source(part),
+                only_affected=only_affected,
+            )
+            fired.update((_key(row), row) for row in _code_hit_rows(con, sql))
         now_rejected = {key[0] for key in fired}
         changed = now_rejected ^ rejected
         if not changed:
-            break
+            return fired
         rejected = now_rejected
         _materialise(con, "changed", _ids("settlement_id", changed))
+        source = _parquet(ledger_files) if ledger_files else f"({_NO_STOCK_SQL})"
         con.execute(
-            """CREATE OR REPLACE TEMP TABLE affected AS
-               SELECT DISTINCT canonical FROM resolved
-               WHERE canonical IS NOT NULL
-                 AND settlement_id IN (SELECT settlement_id FROM changed)"""
+            f"""CREATE OR REPLACE TEMP TABLE affected AS
+                SELECT DISTINCT canonical FROM {source}
+                WHERE settlement_id IN (SELECT settlement_id FROM changed)"""  # noqa: S608 - our own files
         )
-        sql = _FACTS_SQL.format(only_affected="AND r.canonical IN (SELECT canonical FROM affected)")
-    else:
-        raise RuntimeError(f"trace-code screening did not settle in {max_rounds} rounds")
+        todo = [
+            int(r[0])
+            for r in con.execute(
+                f"""SELECT DISTINCT {_PARTITION_OF.format(partitions=parts.count)} AS part
+                    FROM affected ORDER BY part"""  # noqa: S608 - an int
+            ).fetchall()
+        ]
+        only_affected = "WHERE canonical IN (SELECT canonical FROM affected)"
+    raise RuntimeError(f"trace-code screening did not settle in {max_rounds} rounds")
+
+
+def _code_hits(fired: dict[HitKey, dict[str, Any]]) -> list[CodeHit]:
+    """One hit per (settlement, pattern) from the (line, code) rows that fired."""
     grouped: dict[tuple[str, TracePattern], list[dict[str, Any]]] = {}
     for (settlement_id, _line, _pos, pattern), row in sorted(
         fired.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0, kv[0][3])
