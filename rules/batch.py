@@ -200,14 +200,16 @@ class BatchRules:
 
     def run(self, rulebase: RuleBase) -> list[RuleHit]:
         """Every hit of the enabled rules of ``rulebase``, by rule then settlement."""
-        if not self._prepared:
-            prepare(self.con, blacklist=self.blacklist)
-            self._prepared = True
         hits: list[RuleHit] = []
         for slot, rule in enumerate(rulebase.enabled):
             if isinstance(rule.template, TraceCode):
                 hits.extend(_code_rule_hits(rule, self.code_hits()))
             else:
+                # the catalog rules' tables, built at the first of them: a rule base of
+                # trace-code rules alone (``code_flags``) never pays for them
+                if not self._prepared:
+                    prepare(self.con, blacklist=self.blacklist)
+                    self._prepared = True
                 hits.extend(_sql_hits(self.con, rule, slot))
         return hits
 
