@@ -11,8 +11,9 @@ The scorer answers **degraded** (from the rule base and the ledger alone, and sa
 when there is no model, when the model was trained on another feature set than the one the
 scorer builds, when the model fails on a settlement, or when computing the features and
 the score took longer than the time budget (``model_budget_ms``). A model over its budget
-is set aside for ``model_cooloff_seconds`` so that one slow model costs one slow answer,
-not every answer.
+``set_aside_after`` times in a row (3) is set aside for ``model_cooloff_seconds``, so that
+a slow model costs a few slow answers, not every answer, while one slow call on a busy
+machine does not take the model out of ten seconds of answers.
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ class ModelInForce:
         model_name: str,
         budget_ms: float = 10.0,
         cooloff_seconds: float = 10.0,
+        set_aside_after: int = 3,
         review_threshold: float | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.budget_us = int(budget_ms * 1000)
         self.cooloff_seconds = cooloff_seconds
+        self.set_aside_after = set_aside_after
+        self._over_budget_in_a_row = 0
         self.review_threshold = review_threshold
         self.champion: ScoringModel | None = None
         self.challenger: ScoringModel | None = None
@@ -165,7 +169,10 @@ class ModelInForce:
             )
         micros = int((time.perf_counter() - started) * 1e6)
         if micros > self.budget_us:
-            self._set_aside_until = time.monotonic() + self.cooloff_seconds
+            self._over_budget_in_a_row += 1
+            if self._over_budget_in_a_row >= self.set_aside_after:
+                self._over_budget_in_a_row = 0
+                self._set_aside_until = time.monotonic() + self.cooloff_seconds
             return ModelSignal(
                 name=name,
                 version=version,
@@ -173,6 +180,7 @@ class ModelInForce:
                 reason=f"the model took {micros} µs, over its {self._budget()} budget",
                 cause="over_budget",
             )
+        self._over_budget_in_a_row = 0
         threshold = (
             self.review_threshold
             if self.review_threshold is not None

@@ -162,18 +162,23 @@ def test_a_hard_fact_still_rejects_whatever_the_model_says(client: TestClient) -
 def test_a_model_over_its_budget_is_set_aside_and_the_answers_say_so(
     store: Engine, tracking_uri: str, champion: str
 ) -> None:
+    """Each answer over the budget is degraded; three in a row set the model aside."""
+    codes = [f"8100001000000{n:03d}0000" for n in range(4)]
     with scorer(store, tracking_uri, model_budget_ms=0.001, model_cooloff_seconds=60) as client:
-        purchase(client, CODE, "81000010000000020000")
-        first = client.post("/v1/score", json=settlement("S1", CODE)).json()
-        second = client.post("/v1/score", json=settlement("S2", "81000010000000020000")).json()
+        purchase(client, *codes)
+        answers = [
+            client.post("/v1/score", json=settlement(f"S{n}", code)).json()
+            for n, code in enumerate(codes)
+        ]
         metrics = client.get("/metrics").text
-    assert first["degraded"] is True
-    assert "over its 0.001 ms budget" in first["degraded_reason"]
-    assert first["model"] == {"name": registry.MODEL_NAME, "version": champion, "score": None}
-    assert first["decision"] == "pass"  # rules and ledger alone still decide
-    assert second["degraded"] is True
-    assert "set aside" in second["degraded_reason"]
-    assert 'fundguard_degraded_answers_total{reason="over_budget"} 1.0' in metrics
+    for answer in answers[:3]:
+        assert answer["degraded"] is True
+        assert "over its 0.001 ms budget" in answer["degraded_reason"]
+        assert answer["model"] == {"name": registry.MODEL_NAME, "version": champion, "score": None}
+        assert answer["decision"] == "pass"  # rules and ledger alone still decide
+    assert answers[3]["degraded"] is True
+    assert "set aside" in answers[3]["degraded_reason"]
+    assert 'fundguard_degraded_answers_total{reason="over_budget"} 3.0' in metrics
     assert 'fundguard_degraded_answers_total{reason="set_aside"} 1.0' in metrics
 
 
