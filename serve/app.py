@@ -13,30 +13,51 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi import (
+    APIRouter,
+    Body,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+)
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from serve import audit, blacklist, scoring
+from rules.credit import SHANGHAI, Party, shipped_scheme
+from serve import audit, blacklist, cases, scoring
+from serve import credit as credit_accounts
 from serve.keys import Caller, KeyRing, Role
 from serve.metrics import Metrics
 from serve.model import ModelInForce
 from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
+    AssignIn,
     BlacklistIn,
     BlacklistOut,
+    CaseDetailOut,
+    CaseOut,
+    CaseStatus,
+    CreditOut,
+    CreditParty,
     DecisionOut,
     ErrorOut,
+    NoteIn,
     ReversalIn,
     ReversalOut,
     ScoreOut,
     SettlementIn,
+    StatusIn,
     TraceEventIn,
     TraceEventsOut,
+    VerdictIn,
 )
 from serve.settings import Settings
 from serve.store import create_store_engine
@@ -80,6 +101,14 @@ def requires(*roles: Role) -> Callable[..., Awaitable[Caller]]:
 
 SettlementSystem = Annotated[Caller, Depends(requires(Role.SETTLEMENT))]
 Admin = Annotated[Caller, Depends(requires(Role.ADMIN))]
+CreditReader = Annotated[Caller, Depends(requires(Role.SETTLEMENT, Role.INSPECTOR))]
+"""Who may read credit: inspectors (and admins), and the settlement system, which needs an
+institution's grade to decide on prepayment (预付) and a doctor's suspension to bill."""
+Inspector = Annotated[Caller, Depends(requires(Role.INSPECTOR))]
+"""Inspectors (and admins): cases, only of the regions of the key."""
+DecisionReader = Annotated[Caller, Depends(requires(Role.SETTLEMENT, Role.INSPECTOR))]
+"""Who may read a past decision: the settlement system, and inspectors within their regions
+(the region of the decision's institution)."""
 
 
 async def _follow_model(model: ModelInForce, every: float) -> None:
@@ -98,6 +127,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         app.state.engine = engine or create_store_engine(settings.store_url)
         app.state.rules = RuleBaseInForce(settings.rules_file)
         app.state.keys = KeyRing(app.state.engine)
+        app.state.credit = shipped_scheme()
         app.state.model = model = ModelInForce(
             settings.tracking_uri,
             model_name=settings.model_name,
@@ -149,6 +179,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             request.app.state.rules.current(),
             request.app.state.model,
             settings.watch_review_threshold,
+            request.app.state.credit,
         )
         if scored.replayed:
             metrics.replayed.inc()
@@ -181,8 +212,13 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         responses={404: {"model": ErrorOut, "description": "no decision for this settlement"}},
         tags=["scoring"],
     )
-    async def decision(settlement_id: str, request: Request, _: SettlementSystem) -> DecisionOut:
+    async def decision(settlement_id: str, request: Request, caller: DecisionReader) -> DecisionOut:
         explained = audit.explain(request.app.state.engine, settlement_id)
+        if explained is not None and caller.role is Role.INSPECTOR:
+            with request.app.state.engine.connect() as conn:
+                region = cases.institution_region(conn, explained.institution_id)
+            if not caller.sees_region(region):  # as if it did not exist: a 404
+                explained = None
         if explained is None:
             raise HTTPException(
                 status_code=404, detail=f"settlement {settlement_id} was never scored here"
@@ -225,6 +261,184 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
                 ],
             )
         return TraceEventsOut(received=len(events), recorded=recorded)
+
+    @api.get(
+        "/v1/credit/{entity_type}/{entity_id}",
+        response_model=CreditOut,
+        tags=["credit"],
+    )
+    async def credit(
+        entity_type: CreditParty,
+        entity_id: Annotated[str, Path(min_length=1, max_length=64)],
+        request: Request,
+        _: CreditReader,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        at: Annotated[
+            datetime | None,
+            Query(description="the credit as of this time (Asia/Shanghai without an offset)"),
+        ] = None,
+    ) -> CreditOut:
+        """The credit (医保信用) of an institution, a patient or a doctor, now or ``at`` a
+        time: score, grade and the latest ``limit`` events behind them. An entity nothing
+        has moved has the scheme's starting score and no events."""
+        if at is not None and not 1900 <= at.year <= 2999:
+            raise HTTPException(
+                status_code=422,
+                detail=[
+                    {
+                        "loc": ["query", "at"],
+                        "msg": f"a time between the years 1900 and 2999, got {at.isoformat()}",
+                        "type": "value_error",
+                    }
+                ],
+            )
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=SHANGHAI)
+        with request.app.state.engine.connect() as conn:
+            return credit_accounts.explain(
+                conn,
+                request.app.state.credit,
+                Party(entity_type.value),
+                entity_id,
+                at=at,
+                limit=limit,
+            )
+
+    unknown_case: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorOut, "description": "no such case in the key's regions"}
+    }
+    illegal_move: dict[int | str, dict[str, Any]] = {
+        409: {"model": ErrorOut, "description": "the case's status forbids this"}
+    }
+
+    def _no_case(case_id: str) -> HTTPException:
+        return HTTPException(status_code=404, detail=f"no case {case_id} in your regions")
+
+    @api.get("/v1/cases", response_model=list[CaseOut], tags=["cases"])
+    async def case_queue(
+        request: Request,
+        caller: Inspector,
+        status: CaseStatus | None = None,
+        region: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
+        pattern: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> list[CaseOut]:
+        """The inspector's queue: the cases of the key's regions, highest priority (expected
+        loss, yuan) first. A ``region`` outside the key's regions gives an empty list."""
+        regions = None if caller.role is Role.ADMIN or not caller.regions else caller.regions
+        with request.app.state.engine.connect() as conn:
+            return cases.queue(
+                conn, regions=regions, status=status, region=region, pattern=pattern,
+                limit=limit, offset=offset,
+            )  # fmt: skip
+
+    @api.get(
+        "/v1/cases/{case_id}", response_model=CaseDetailOut, responses=unknown_case, tags=["cases"]
+    )
+    async def case_detail(
+        case_id: Annotated[str, Path(min_length=1, max_length=64)],
+        request: Request,
+        caller: Inspector,
+    ) -> CaseDetailOut:
+        """A case with its flags and their evidence: the rule hits in words, each trace code's
+        timeline, the earlier settlements, the group's members and admissions, where the
+        institution stands in its peer group, the models' reasons, and its events."""
+        try:
+            with request.app.state.engine.connect() as conn:
+                return cases.case_detail(
+                    conn, case_id, visible=caller.sees_region,
+                    rulebase=request.app.state.rules.current(),
+                )  # fmt: skip
+        except cases.UnknownCase:
+            raise _no_case(case_id) from None
+
+    @api.post(
+        "/v1/cases/{case_id}/verdict",
+        response_model=CaseOut,
+        responses=unknown_case | illegal_move,
+        tags=["cases"],
+    )
+    async def case_verdict(
+        case_id: Annotated[str, Path(min_length=1, max_length=64)],
+        verdict: VerdictIn,
+        request: Request,
+        caller: Inspector,
+    ) -> CaseOut:
+        """Close a case: ``confirmed`` or ``dismissed`` (with why). The verdict becomes a label
+        per pattern of the case and moves credit. A closed case is reopened first (409)."""
+        try:
+            return cases.record_verdict(
+                request.app.state.engine, case_id, CaseStatus(verdict.verdict.value),
+                verdict.note, actor=caller.key_id, visible=caller.sees_region,
+                scheme=request.app.state.credit,
+            )  # fmt: skip
+        except cases.UnknownCase:
+            raise _no_case(case_id) from None
+        except cases.IllegalTransition as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+
+    @api.post(
+        "/v1/cases/{case_id}/status",
+        response_model=CaseOut,
+        responses=unknown_case | illegal_move,
+        tags=["cases"],
+    )
+    async def case_status(
+        case_id: Annotated[str, Path(min_length=1, max_length=64)],
+        move: StatusIn,
+        request: Request,
+        caller: Inspector,
+    ) -> CaseOut:
+        """Take a case up (``in_review``), give it back (``new``) or reopen a closed one
+        (``in_review``); any other move is a 409."""
+        try:
+            return cases.set_status(
+                request.app.state.engine, case_id, CaseStatus(move.status.value),
+                actor=caller.key_id, visible=caller.sees_region, reason=move.reason,
+            )  # fmt: skip
+        except cases.UnknownCase:
+            raise _no_case(case_id) from None
+        except cases.IllegalTransition as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+
+    @api.post(
+        "/v1/cases/{case_id}/assign", response_model=CaseOut, responses=unknown_case,
+        tags=["cases"],
+    )  # fmt: skip
+    async def case_assign(
+        case_id: Annotated[str, Path(min_length=1, max_length=64)],
+        assignment: AssignIn,
+        request: Request,
+        caller: Inspector,
+    ) -> CaseOut:
+        """Give a case to an inspector (``null``: take it back)."""
+        try:
+            return cases.assign(
+                request.app.state.engine, case_id, assignment.assignee,
+                actor=caller.key_id, visible=caller.sees_region,
+            )  # fmt: skip
+        except cases.UnknownCase:
+            raise _no_case(case_id) from None
+
+    @api.post(
+        "/v1/cases/{case_id}/notes", response_model=CaseOut, responses=unknown_case,
+        tags=["cases"],
+    )  # fmt: skip
+    async def case_note(
+        case_id: Annotated[str, Path(min_length=1, max_length=64)],
+        note: NoteIn,
+        request: Request,
+        caller: Inspector,
+    ) -> CaseOut:
+        """Add a note to the case's trail."""
+        try:
+            return cases.add_note(
+                request.app.state.engine, case_id, note.note,
+                actor=caller.key_id, visible=caller.sees_region,
+            )  # fmt: skip
+        except cases.UnknownCase:
+            raise _no_case(case_id) from None
 
     @api.get("/v1/admin/blacklist", response_model=list[BlacklistOut], tags=["admin"])
     async def blacklist_list(request: Request, _: Admin) -> list[BlacklistOut]:

@@ -91,7 +91,8 @@ def _require_valid(data_dir: Path) -> None:
     "--store",
     "to_store",
     is_flag=True,
-    help="also replace the store's watch list with the patients and institutions flagged",
+    help="also replace the store's watch list with the patients and institutions flagged, "
+    "and file the flags as cases for inspectors (never twice for one entity and pattern)",
 )
 def screen(data_dir: Path, out_dir: Path, memory_limit: str, to_store: bool) -> None:
     """Screen a whole history: OUT/flags.parquet, OUT/flags.csv and OUT/groups.parquet."""
@@ -115,16 +116,21 @@ def screen(data_dir: Path, out_dir: Path, memory_limit: str, to_store: bool) -> 
     for pattern, count in result.counts().items():
         click.echo(f"  {pattern:<28}{count:>8}")
     if to_store:
-        from serve import watchlist
+        from serve import cases, watchlist
         from serve.store import upgrade
 
         upgrade(settings.store_url)
         engine = create_store_engine(settings.store_url)
         try:
             kept = watchlist.replace(engine, watchlist.entries(result.flags, result.members))
+            filed = cases.file_screening(engine, result.flags, result.members)
         finally:
             engine.dispose()
         click.echo(f"watch list in {settings.store_url}: {kept} entr(y/ies)")
+        click.echo(
+            f"cases: {filed.cases_opened} opened, {filed.cases_touched} given "
+            f"{filed.flags_added} new flag(s), {filed.reopened} reopened"
+        )
 
 
 @main.command()
@@ -190,6 +196,35 @@ def blacklist_list() -> None:
     for institution, reason, added_at in rows:
         click.echo(f"{institution}\t{added_at.isoformat()}\t{reason}")
     click.echo(f"{len(rows)} institution(s) on the black list")
+
+
+@main.group("cases")
+def cases_group() -> None:
+    """The inspectors' cases (kept in the store)."""
+
+
+@cases_group.command("labels")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="FILE.parquet or FILE.csv",
+)
+def cases_labels(out_file: Path) -> None:
+    """Write the inspectors' verdicts as the contract's labels table (for retraining)."""
+    from serve import cases
+    from serve.store import create_store_engine, store_exists
+
+    settings = Settings()
+    if not store_exists(settings.store_url):
+        raise click.ClickException(f"no store at {settings.store_url}")
+    engine = create_store_engine(settings.store_url)
+    try:
+        written = cases.export_labels(engine, out_file)
+    finally:
+        engine.dispose()
+    click.echo(f"{written} label(s) -> {out_file}")
 
 
 @main.group()
@@ -539,3 +574,69 @@ def train(data_dir: Path, do_register: bool, do_promote: bool, memory_limit: str
             f"version {version} {verb} {registry.CHAMPION}: {decision.reason}; "
             f"{decision.metric} {decision.candidate:.3f}{against}"
         )
+
+
+@main.group()
+def credit() -> None:
+    """Credit (医保信用) of institutions, patients and doctors, kept in the store."""
+
+
+@credit.command("check")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def credit_check(path: Path) -> None:
+    """Validate a credit scheme file; name every problem and exit non-zero if any."""
+    from rules.credit import CreditSchemeError, load_scheme
+
+    try:
+        scheme = load_scheme(path)
+    except CreditSchemeError as error:
+        raise click.ClickException(str(error)) from None
+    grades = ", ".join(f"{g.name}≥{g.min_score}" for g in scheme.grades)
+    click.echo(f"{path}: credit scheme {scheme.version} (sha256 {scheme.checksum[:12]}): {grades}")
+
+
+@credit.command("recompute")
+def credit_recompute() -> None:
+    """Rebuild every credit account from the stored decisions and verdicts."""
+    from rules.credit import shipped_scheme
+    from serve.credit import recompute
+    from serve.store import create_store_engine, upgrade
+
+    settings = Settings()
+    upgrade(settings.store_url)
+    engine = create_store_engine(settings.store_url)
+    try:
+        started = time.perf_counter()
+        done = recompute(engine, shipped_scheme())
+    finally:
+        engine.dispose()
+    click.echo(
+        f"recomputed {done.accounts} account(s) and {done.events} event(s) from "
+        f"{done.decisions} decision(s) and {done.verdicts} verdict(s) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+
+
+@credit.command("show")
+@click.argument("entity_type", type=click.Choice(("institution", "patient", "doctor")))
+@click.argument("entity_id")
+@click.option("--limit", default=20, show_default=True, type=int, help="events to list")
+def credit_show(entity_type: str, entity_id: str, limit: int) -> None:
+    """An account's score, grade and latest events, in words."""
+    from rules.credit import Party, shipped_scheme
+    from serve.credit import explain
+    from serve.store import create_store_engine, store_exists
+
+    settings = Settings()
+    if not store_exists(settings.store_url):
+        raise click.ClickException(f"no store at {settings.store_url}")
+    engine = create_store_engine(settings.store_url)
+    try:
+        with engine.connect() as conn:
+            shown = explain(conn, shipped_scheme(), Party(entity_type), entity_id, limit=limit)
+    finally:
+        engine.dispose()
+    click.echo(f"{entity_type} {entity_id}: {shown.score} ({shown.grade})")
+    click.echo(f"  {shown.summary}")
+    for e in shown.events:
+        click.echo(f"  {e.at:%Y-%m-%d %H:%M}  {e.points:+5d}  {e.kind:<9} {e.source}  {e.reason}")

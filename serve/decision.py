@@ -10,14 +10,24 @@ The model never rejects: a champion's calibrated score at or above its review th
 (the model's own, or ``model_review_threshold`` from the settings) is a ``review`` hit
 (rule id ``MODEL``) that names the features behind it. The risk score is 1 for a
 rejected settlement, else the model's score, else 0.5 for review and 0 for pass.
+
+Credit (医保信用, ``rules.credit``) moves the bar: the poorest grade among the settlement's
+institution, patient and doctor multiplies the model's and the watch list's review
+thresholds by its ``review_bar`` (a poor grade sends more to review); the institution's
+grade draws a share of its settlements for review (``sample_review``, 分级分类监管) and at
+the worst grade puts it on the black list (the ``blacklisted_institution`` rule fires); a
+doctor whose yearly record reached its limit (医保支付资格暂停) sends the settlement to
+review. Those hits carry rule id ``CREDIT`` and never cost credit themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Final
 
 from rules.base import Action
+from rules.credit import CREDIT_RULE_ID, Party, Standing
 from rules.online import Execution, Outcome
 from serve.model import ModelSignal
 from serve.schemas import Decision, HitOut
@@ -79,3 +89,42 @@ def decide(hits: Sequence[HitOut], signal: ModelSignal | None = None) -> tuple[D
     if decision is not Decision.REJECT and signal is not None and signal.score is not None:
         return decision, round(signal.score, 4)
     return decision, _RISK[decision]
+
+
+def lowered(signal: ModelSignal, review_bar: float) -> ModelSignal:
+    """The model's signal with its review threshold multiplied by a credit grade's bar."""
+    if review_bar >= 1.0 or signal.threshold is None or signal.score is None:
+        return signal
+    return dataclasses.replace(signal, threshold=round(signal.threshold * review_bar, 6))
+
+
+def credit_hits(standing: Standing | None, settlement_id: str) -> list[HitOut]:
+    """The credit policy's own hits: a suspended doctor, a settlement drawn for review by
+    its institution's grade."""
+    if standing is None:
+        return []
+    hits = []
+    doctor = standing.suspended_doctor
+    if doctor is not None:
+        hits.append(
+            HitOut(
+                rule_id=CREDIT_RULE_ID,
+                pattern="suspended_doctor",
+                action=Action.REVIEW,
+                message=f"医师医保支付资格暂停: {doctor.entity_id} has {doctor.year_points}"
+                " points on this year's record / the doctor may not bill the fund",
+            )
+        )
+    institution = standing.of(Party.INSTITUTION)
+    if institution is not None and standing.sampled(settlement_id):
+        grade = institution.grade
+        hits.append(
+            HitOut(
+                rule_id=CREDIT_RULE_ID,
+                pattern="credit_supervision",
+                action=Action.REVIEW,
+                message=f"信用等级 {grade.name} ({grade.supervision or grade.label}): drawn for"
+                f" review ({grade.sample_review:.0%} of the institution's settlements)",
+            )
+        )
+    return hits

@@ -232,7 +232,222 @@ class DecisionOut(BaseModel):
     reversal: ReversalOut | None = None
 
 
+class CreditParty(StrEnum):
+    """Who holds a credit account (医保信用): a designated institution, an insured person, a
+    doctor or pharmacist."""
+
+    INSTITUTION = "institution"
+    PATIENT = "patient"
+    DOCTOR = "doctor"
+
+
+class CreditEventOut(BaseModel):
+    """One event that moved a credit account: a rejected settlement, a settlement sent to
+    review (a flag), a confirmed case, a dismissed case giving a flag's cost back."""
+
+    at: LocalTime
+    """When it counts from: the settlement's time, or the verdict's."""
+    kind: str
+    pattern: str
+    patterns: list[str]
+    points: int
+    """Negative: a cost; positive: points given back."""
+    year_points: int
+    """Points on a doctor's yearly record (医保支付资格记分)."""
+    source: str
+    """The settlement or the verdict behind it."""
+    settlement_id: str | None = None
+    restored_by: str | None = None
+    """The dismissed verdict that gave this cost back."""
+    reason: str
+
+
+class CreditOut(BaseModel):
+    """The credit of an institution, a patient or a doctor (``GET /v1/credit/...``): score,
+    grade and the events behind them, newest first, in words an inspector can read."""
+
+    entity_type: str
+    entity_id: str
+    score: int
+    grade: str
+    grade_label: str
+    as_of: LocalTime
+    scheme_version: str
+    lost: int
+    """Points lost and not yet repaired."""
+    repaired: int
+    """Points a clean record repaired (信用修复)."""
+    restored: int
+    """Points given back by dismissed cases."""
+    prepayment: bool
+    blacklisted: bool
+    year_points: int | None = None
+    suspended: bool | None = None
+    summary: str
+    events: list[CreditEventOut]
+
+
 class ErrorOut(BaseModel):
     """An error that is not a validation problem (401, 403, 404, 503): what went wrong."""
 
     detail: str
+
+
+# --- cases (CONTRACT.md §6: the inspectors' queue) ------------------------------------------
+
+
+class CaseStatus(StrEnum):
+    """Where a case stands: ``new`` (in the queue), ``in_review`` (an inspector works it),
+    ``confirmed`` or ``dismissed`` (a verdict was recorded; reopening sends it back to
+    ``in_review``)."""
+
+    NEW = "new"
+    IN_REVIEW = "in_review"
+    CONFIRMED = "confirmed"
+    DISMISSED = "dismissed"
+
+
+class OpenStatus(StrEnum):
+    """The statuses ``POST /v1/cases/{case_id}/status`` may set (a verdict closes a case)."""
+
+    NEW = "new"
+    IN_REVIEW = "in_review"
+
+
+class VerdictKind(StrEnum):
+    CONFIRMED = "confirmed"
+    DISMISSED = "dismissed"
+
+
+Words = Annotated[str, StringConstraints(max_length=2000, strip_whitespace=True)]
+
+
+class VerdictIn(Strict):
+    """An inspector's verdict on a case; a dismissal says why (``note``)."""
+
+    verdict: VerdictKind
+    note: Words = ""
+
+    @model_validator(mode="after")
+    def _dismissal_has_a_reason(self) -> Self:
+        if self.verdict is VerdictKind.DISMISSED and not self.note:
+            raise ValueError("note: a dismissed case says why it is dismissed")
+        return self
+
+
+class AssignIn(Strict):
+    """Who works the case (a name or an account); null takes the assignment back."""
+
+    assignee: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None
+
+
+class StatusIn(Strict):
+    status: OpenStatus
+    reason: Words = ""
+
+
+class NoteIn(Strict):
+    note: Annotated[str, StringConstraints(min_length=1, max_length=2000, strip_whitespace=True)]
+
+
+class CaseOut(BaseModel):
+    """One case of the queue: the flags of one entity gathered, ordered by ``priority``, the
+    expected loss (``probability`` x ``amount_at_risk``, yuan)."""
+
+    case_id: str
+    entity_type: str
+    entity_id: str
+    patterns: list[str]
+    priority: Decimal
+    probability: float
+    amount_at_risk: Decimal
+    region_code: str
+    status: CaseStatus
+    assignee: str | None = None
+    created_at: LocalTime
+    updated_at: LocalTime
+
+
+class CaseFlagOut(BaseModel):
+    """A flag of the case, with its evidence and what it says in words."""
+
+    flag_id: str
+    pattern: str
+    score: float
+    action: str
+    amount_at_risk: Decimal
+    source: str
+    """``batch`` (a screening) or ``online`` (a decision of the scorer)."""
+    filed_at: LocalTime
+    words: list[str]
+    """The rule hits and model reasons in words."""
+    evidence: dict[str, Any]
+
+
+class CaseEventOut(BaseModel):
+    at: LocalTime
+    actor: str
+    kind: str
+    detail: str
+
+
+class TraceStepOut(BaseModel):
+    """One step of a traceability code's life: ``received`` or ``returned`` by an
+    institution (the supply chain), ``sold`` by a settlement, ``reversed`` (refunded,
+    released), ``billed`` (this case's settlement, when it consumed nothing)."""
+
+    at: LocalTime
+    event: str
+    institution_id: str | None = None
+    settlement_id: str | None = None
+    patient_id: str | None = None
+    units: Decimal | None = None
+    elsewhere: bool = False
+    """Sold by an institution that never received the pack: it reappeared elsewhere."""
+
+
+class TraceCodeOut(BaseModel):
+    code: str
+    steps: list[TraceStepOut]
+
+
+class SettlementRefOut(BaseModel):
+    """An earlier settlement the evidence names."""
+
+    settlement_id: str
+    institution_id: str
+    patient_id: str
+    settled_at: LocalTime
+    visit_type: str | None = None
+    total_amount: Decimal | None = None
+    reversed_at: LocalTime | None = None
+
+
+class GroupMemberOut(BaseModel):
+    patient_id: str
+    institution_id: str | None = None
+    admissions: list[LocalTime]
+
+
+class InstitutionOut(BaseModel):
+    institution_id: str
+    name: str
+    kind: str
+    level: int
+    region_code: str
+
+
+class CaseDetailOut(CaseOut):
+    """A case with its flags and their evidence (``GET /v1/cases/{case_id}``): each trace
+    code's timeline and the earlier settlements (settlement cases), the members and their
+    admissions (groups), where the institution stands in its peer group, the models'
+    reasons, and the case's events (the audit trail)."""
+
+    flags: list[CaseFlagOut]
+    events: list[CaseEventOut]
+    trace_codes: list[TraceCodeOut]
+    earlier_settlements: list[SettlementRefOut]
+    members: list[GroupMemberOut]
+    institution: InstitutionOut | None = None
+    peer_standing: dict[str, Any] | None = None
+    reasons: list[dict[str, Any]]

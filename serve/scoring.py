@@ -17,8 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from features.settlement_features import SETTLEMENT_FEATURES
 from features.store import HistoryLine, record_settlement, reverse_settlement
 from rules.base import RuleBase, shipped_rulebase
+from rules.credit import CreditScheme
 from rules.online import LineView, SettlementView, evaluate
-from serve.decision import decide, model_hits, rule_hits
+from serve import cases
+from serve.credit import apply_decision, read_standing
+from serve.decision import credit_hits, decide, lowered, model_hits, rule_hits
 from serve.model import NO_MODEL, ModelInForce, ModelSignal
 from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
 from serve.tables import blacklist, decisions, reversals, rule_executions
@@ -110,13 +113,16 @@ def score(
     rulebase: RuleBase | None = None,
     model: ModelInForce | None = None,
     watch_review_threshold: float = 0.5,
+    credit: CreditScheme | None = None,
 ) -> Scored:
     """The answer for ``settlement``: the stored one if it was scored before.
 
     ``rulebase``: the rule base in force (the shipped one unless given); ``model``: the
     model in force (none: the answer is degraded and says so); the watch list (``screen
     --store``) turns a flagged patient's or institution's settlement into ``review`` at
-    ``watch_review_threshold``."""
+    ``watch_review_threshold``; ``credit``: the credit scheme in force (none: credit is
+    neither read nor moved), whose grades of the institution, patient and doctor lower
+    the review bar and whose accounts the decision moves, in the same transaction."""
     started = time.perf_counter()
     rulebase = rulebase or shipped_rulebase()
     try:
@@ -144,19 +150,34 @@ def score(
                 lines=lines,
             )
             view = _view(settlement)
+            standing = (
+                read_standing(
+                    conn,
+                    credit,
+                    institution_id=settlement.institution_id,
+                    patient_id=settlement.patient.patient_id,
+                    doctor_id=settlement.doctor_id,
+                    at=settlement.settled_at,
+                )
+                if credit is not None
+                else None
+            )
+            bar = standing.review_bar if standing is not None else 1.0
             executions = evaluate(
                 conn,
                 rulebase,
                 view,
                 trace_hits=checked.hits,
-                blacklisted=is_blacklisted(conn, settlement.institution_id),
+                blacklisted=is_blacklisted(conn, settlement.institution_id)
+                or (standing is not None and standing.blacklisted),
             )
             # the model reads the patient's history before this settlement joins it
             signal = model.signal(conn, view) if model else ModelSignal(reason=NO_MODEL)
             hits = (
                 rule_hits(executions)
-                + model_hits(signal)
-                + watch_hits(conn, view, watch_review_threshold)
+                + model_hits(lowered(signal, bar))
+                + watch_hits(conn, view, watch_review_threshold * bar)
+                + credit_hits(standing, settlement.settlement_id)
             )
             decision, risk = decide(hits, signal)
             if decision is not Decision.REJECT:  # a rejected settlement takes no pack
@@ -184,7 +205,7 @@ def score(
                 risk_score=risk,
                 hits=hits,
                 model=ModelOut(name=signal.name, version=signal.version, score=signal.score),
-                credit={},
+                credit=standing.as_json() if standing is not None else {},
                 degraded=signal.degraded,
                 degraded_reason=signal.reason,
             )
@@ -213,6 +234,8 @@ def score(
                     challenger_score=None
                     if signal.challenger_score is None
                     else round(signal.challenger_score, 4),
+                    doctor_id=settlement.doctor_id,
+                    fund_paid=settlement.fund_paid,
                 )
             )
             conn.execute(
@@ -228,6 +251,23 @@ def score(
                     for e in executions
                 ],
             )
+            cases.file_decision(  # a review or reject files its settlement's case
+                conn, settlement=settlement, decision=decision.value, hits=hits,
+                model_score=signal.score,
+            )  # fmt: skip
+            if credit is not None:  # last: the account rows stay locked until the commit
+                apply_decision(
+                    conn,
+                    credit,
+                    settlement_id=settlement.settlement_id,
+                    institution_id=settlement.institution_id,
+                    patient_id=settlement.patient.patient_id,
+                    doctor_id=settlement.doctor_id,
+                    settled_at=settlement.settled_at,
+                    decision=decision.value,
+                    hits=[(h.rule_id, h.pattern, h.action.value) for h in hits],
+                    fund_paid=settlement.fund_paid,
+                )
             return Scored(
                 body=body,
                 decision=decision.value,

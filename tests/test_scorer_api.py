@@ -431,7 +431,7 @@ ENDPOINTS = [
     ("POST", "/v1/score", {"settlement"}),
     ("POST", "/v1/settlements/S1/reversal", {"settlement"}),
     ("POST", "/v1/trace-events", {"settlement"}),
-    ("GET", "/v1/decisions/S1", {"settlement"}),
+    ("GET", "/v1/decisions/S1", {"settlement", "inspector"}),
     ("GET", "/v1/admin/blacklist", set()),
     ("PUT", "/v1/admin/blacklist/P001", set()),
     ("DELETE", "/v1/admin/blacklist/P001", set()),
