@@ -265,13 +265,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @api.get(
         "/v1/credit/{entity_type}/{entity_id}",
         response_model=CreditOut,
+        responses={404: {"model": ErrorOut, "description": "not in the inspector key's regions"}},
         tags=["credit"],
     )
     async def credit(
         entity_type: CreditParty,
         entity_id: Annotated[str, Path(min_length=1, max_length=64)],
         request: Request,
-        _: CreditReader,
+        caller: CreditReader,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         at: Annotated[
             datetime | None,
@@ -295,6 +296,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         if at is not None and at.tzinfo is None:
             at = at.replace(tzinfo=SHANGHAI)
         with request.app.state.engine.connect() as conn:
+            if caller.role is Role.INSPECTOR and not any(
+                caller.sees_region(r)
+                for r in cases.party_regions(conn, entity_type.value, entity_id)
+            ):  # another region's account: as if it did not exist
+                raise HTTPException(
+                    status_code=404,
+                    detail=f"no {entity_type.value} {entity_id} in the key's regions",
+                )
             return credit_accounts.explain(
                 conn,
                 request.app.state.credit,

@@ -149,6 +149,27 @@ def institution_region(conn: Connection, institution_id: str) -> str:
     return str(found) if found else ""
 
 
+def party_regions(conn: Connection, party: str, entity_id: str) -> set[str]:
+    """The regions a credit account belongs to: an institution's, a patient's, and for a
+    doctor those of the institutions their decided settlements were billed at."""
+    if party == "institution":
+        return {institution_region(conn, entity_id)} - {""}
+    if party == "patient":
+        found = conn.execute(
+            select(patients.c.region_code).where(patients.c.patient_id == entity_id)
+        ).scalar()
+        return {str(found)} if found else set()
+    rows = conn.execute(
+        select(institutions.c.region_code)
+        .distinct()
+        .join_from(
+            decisions, institutions, decisions.c.institution_id == institutions.c.institution_id
+        )
+        .where(decisions.c.doctor_id == entity_id)
+    ).scalars()
+    return {str(r) for r in rows if r}
+
+
 def _lookup(conn: Connection, key: Any, value: Any, ids: Iterable[str]) -> dict[str, str]:
     wanted = sorted(set(ids))
     found: dict[str, str] = {}

@@ -31,7 +31,7 @@ from serve.app import create_app
 from serve.cli import main
 from serve.schemas import SHANGHAI, SettlementIn
 from serve.settings import Settings
-from serve.tables import credit_accounts, decisions
+from serve.tables import credit_accounts, decisions, institutions
 from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 from traceability.store import drugs, products
@@ -333,6 +333,12 @@ def test_get_credit_explains_score_grade_and_events(client: TestClient, catalog:
         "/v1/score", json=orjson.loads(body("S1", 1).model_dump_json()), headers=settlement_key
     ).json()
     assert scored["credit"]["institution"]["grade"] == "A"
+    with catalog.begin() as conn:
+        conn.execute(
+            institutions.insert().values(
+                institution_id="P001", name="P001", kind="pharmacy", level=0, region_code="320102"
+            )
+        )
     for role, regions in (("inspector", ("320102",)), ("settlement", ()), ("admin", ())):
         got = client.get(
             "/v1/credit/institution/P001",
@@ -354,6 +360,9 @@ def test_get_credit_explains_score_grade_and_events(client: TestClient, catalog:
     assert (untouched["score"], untouched["events"]) == (SCHEME.start, [])
     assert client.get("/v1/credit/group/G1", headers=settlement_key).status_code == 422
     assert client.get("/v1/credit/institution/P001").status_code == 401
+    elsewhere = bearer(catalog, "inspector", "110101")  # another region's inspector
+    assert client.get("/v1/credit/institution/P001", headers=elsewhere).status_code == 404
+    assert client.get("/v1/credit/patient/NOBODY", headers=elsewhere).status_code == 404
     with catalog.connect() as conn:
         stored = conn.execute(select(decisions.c.response, decisions.c.fund_paid)).one()
     assert orjson.loads(stored.response)["credit"] == scored["credit"]
