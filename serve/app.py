@@ -31,7 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from rules.credit import SHANGHAI, Party, shipped_scheme
+from rules.credit import SHANGHAI, Party, load_scheme
 from serve import audit, blacklist, cases, scoring
 from serve import credit as credit_accounts
 from serve.keys import Caller, KeyRing, Role
@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         app.state.engine = engine or create_store_engine(settings.store_url)
         app.state.rules = RuleBaseInForce(settings.rules_file)
         app.state.keys = KeyRing(app.state.engine)
-        app.state.credit = shipped_scheme()
+        app.state.credit = load_scheme(settings.credit_file)
         app.state.model = model = ModelInForce(
             settings.tracking_uri,
             model_name=settings.model_name,

@@ -598,7 +598,7 @@ def credit_check(path: Path) -> None:
 @credit.command("recompute")
 def credit_recompute() -> None:
     """Rebuild every credit account from the stored decisions and verdicts."""
-    from rules.credit import shipped_scheme
+    from rules.credit import load_scheme
     from serve.credit import recompute
     from serve.store import create_store_engine, upgrade
 
@@ -607,7 +607,7 @@ def credit_recompute() -> None:
     engine = create_store_engine(settings.store_url)
     try:
         started = time.perf_counter()
-        done = recompute(engine, shipped_scheme())
+        done = recompute(engine, load_scheme(Settings().credit_file))
     finally:
         engine.dispose()
     click.echo(
@@ -623,7 +623,7 @@ def credit_recompute() -> None:
 @click.option("--limit", default=20, show_default=True, type=int, help="events to list")
 def credit_show(entity_type: str, entity_id: str, limit: int) -> None:
     """An account's score, grade and latest events, in words."""
-    from rules.credit import Party, shipped_scheme
+    from rules.credit import Party, load_scheme
     from serve.credit import explain
     from serve.store import create_store_engine, store_exists
 
@@ -633,7 +633,13 @@ def credit_show(entity_type: str, entity_id: str, limit: int) -> None:
     engine = create_store_engine(settings.store_url)
     try:
         with engine.connect() as conn:
-            shown = explain(conn, shipped_scheme(), Party(entity_type), entity_id, limit=limit)
+            shown = explain(
+                conn,
+                load_scheme(Settings().credit_file),
+                Party(entity_type),
+                entity_id,
+                limit=limit,
+            )
     finally:
         engine.dispose()
     click.echo(f"{entity_type} {entity_id}: {shown.score} ({shown.grade})")

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(
         default=None, description="the rule base in force; the shipped rules/rulebase.yaml if unset"
     )
+    credit_file: Path | None = Field(
+        default=None,
+        description="the credit scheme in force; the shipped rules/credit.yaml if unset",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; a local store in the data folder if unset"
     )

@@ -389,3 +389,18 @@ def test_the_command_line_checks_shows_and_recomputes(
     refused = runner.invoke(main, ["credit", "check", str(bad)])
     assert refused.exit_code != 0
     assert "repair.clean_days" in refused.output
+
+
+def test_the_scorer_takes_the_credit_scheme_of_its_settings(
+    catalog: Engine, tmp_path: Path
+) -> None:
+    shipped = resources.files("rules").joinpath("credit.yaml").read_text(encoding="utf-8")
+    changed = shipped.replace('version: "2025.1"', 'version: "2026.test"').replace(
+        "  start: 1000\n", "  start: 900\n"
+    )
+    assert changed != shipped
+    path = tmp_path / "credit.yaml"
+    path.write_text(changed, encoding="utf-8")
+    with TestClient(create_app(Settings(credit_file=path), engine=catalog)) as client:
+        shown = client.get("/v1/credit/doctor/NOBODY", headers=bearer(catalog, "admin")).json()
+    assert shown["score"] == 900
