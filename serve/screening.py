@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from features.batch import open_history
 from features.flags import Flag, GroupMember, write_flags
@@ -100,9 +101,21 @@ def anomaly_flags(con: duckdb.DuckDBPyConnection, *, explained: Iterable[str]) -
     own reference."""
     institutions = institution_features(con)
     settlements = settlement_features(con)
-    return anomalous_institution_flags(institutions) + anomalous_settlement_flags(
-        settlements, explained=set(explained)
-    )
+    flagged = anomalous_settlement_flags(settlements, explained=set(explained))
+    # the money at risk is the settlement's own fund_paid (DECIMAL), not the features' float
+    ids = pa.table({"settlement_id": pa.array([f.entity_id for f in flagged], pa.string())})
+    con.register("anomalous_ids", ids)
+    try:
+        paid = dict(
+            con.execute(
+                "SELECT s.settlement_id, s.fund_paid FROM settlements s "
+                "JOIN anomalous_ids USING (settlement_id)"
+            ).fetchall()
+        )
+    finally:
+        con.unregister("anomalous_ids")
+    flagged = [replace(f, amount_at_risk=paid[f.entity_id]) for f in flagged]
+    return anomalous_institution_flags(institutions) + flagged
 
 
 def screen(

@@ -69,3 +69,16 @@ def test_each_group_flag_lists_its_members(screened: tuple[Path, Path]) -> None:
         assert set(evidence["members"]) == listed
         assert row.action == "review"
         assert 0 < row.score <= 1
+
+
+@pytest.mark.slow
+def test_an_anomalous_settlement_puts_its_own_fund_paid_at_risk(
+    screened: tuple[Path, Path],
+) -> None:
+    data, out = screened
+    flags = pd.read_parquet(out / "flags.parquet")
+    anomalous = flags[flags["pattern"] == "anomalous_settlement"]
+    assert len(anomalous) > 0
+    settlements = pd.read_parquet(data / "settlements.parquet").set_index("settlement_id")
+    for row in anomalous.itertuples():
+        assert row.amount_at_risk == settlements.at[row.entity_id, "fund_paid"], row.entity_id
