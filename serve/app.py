@@ -163,6 +163,17 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         }
     )
 
+    @app.exception_handler(cases.UnknownCase)
+    async def no_such_case(_request: Request, exc: cases.UnknownCase) -> JSONResponse:
+        # another region's case is answered like a case that does not exist
+        return JSONResponse(
+            status_code=404, content={"detail": f"no case {exc.args[0]} in your regions"}
+        )
+
+    @app.exception_handler(cases.IllegalTransition)
+    async def illegal_transition(_request: Request, exc: cases.IllegalTransition) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
     @app.exception_handler(DBAPIError)
     async def store_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
         return JSONResponse(
@@ -320,9 +331,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         409: {"model": ErrorOut, "description": "the case's status forbids this"}
     }
 
-    def _no_case(case_id: str) -> HTTPException:
-        return HTTPException(status_code=404, detail=f"no case {case_id} in your regions")
-
     @api.get("/v1/cases", response_model=list[CaseOut], tags=["cases"])
     async def case_queue(
         request: Request,
@@ -353,14 +361,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         """A case with its flags and their evidence: the rule hits in words, each trace code's
         timeline, the earlier settlements, the group's members and admissions, where the
         institution stands in its peer group, the models' reasons, and its events."""
-        try:
-            with request.app.state.engine.connect() as conn:
-                return cases.case_detail(
-                    conn, case_id, visible=caller.sees_region,
-                    rulebase=request.app.state.rules.current(),
-                )  # fmt: skip
-        except cases.UnknownCase:
-            raise _no_case(case_id) from None
+        with request.app.state.engine.connect() as conn:
+            return cases.case_detail(
+                conn, case_id, visible=caller.sees_region,
+                rulebase=request.app.state.rules.current(),
+            )  # fmt: skip
 
     @api.post(
         "/v1/cases/{case_id}/verdict",
@@ -376,16 +381,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     ) -> CaseOut:
         """Close a case: ``confirmed`` or ``dismissed`` (with why). The verdict becomes a label
         per pattern of the case and moves credit. A closed case is reopened first (409)."""
-        try:
-            return cases.record_verdict(
-                request.app.state.engine, case_id, CaseStatus(verdict.verdict.value),
-                verdict.note, actor=caller.key_id, visible=caller.sees_region,
-                scheme=request.app.state.credit,
-            )  # fmt: skip
-        except cases.UnknownCase:
-            raise _no_case(case_id) from None
-        except cases.IllegalTransition as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return cases.record_verdict(
+            request.app.state.engine, case_id, CaseStatus(verdict.verdict.value),
+            verdict.note, actor=caller.key_id, visible=caller.sees_region,
+            scheme=request.app.state.credit,
+        )  # fmt: skip
 
     @api.post(
         "/v1/cases/{case_id}/status",
@@ -401,15 +401,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     ) -> CaseOut:
         """Take a case up (``in_review``), give it back (``new``) or reopen a closed one
         (``in_review``); any other move is a 409."""
-        try:
-            return cases.set_status(
-                request.app.state.engine, case_id, CaseStatus(move.status.value),
-                actor=caller.key_id, visible=caller.sees_region, reason=move.reason,
-            )  # fmt: skip
-        except cases.UnknownCase:
-            raise _no_case(case_id) from None
-        except cases.IllegalTransition as exc:
-            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return cases.set_status(
+            request.app.state.engine, case_id, CaseStatus(move.status.value),
+            actor=caller.key_id, visible=caller.sees_region, reason=move.reason,
+        )  # fmt: skip
 
     @api.post(
         "/v1/cases/{case_id}/assign", response_model=CaseOut, responses=unknown_case,
@@ -422,13 +417,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         caller: Inspector,
     ) -> CaseOut:
         """Give a case to an inspector (``null``: take it back)."""
-        try:
-            return cases.assign(
-                request.app.state.engine, case_id, assignment.assignee,
-                actor=caller.key_id, visible=caller.sees_region,
-            )  # fmt: skip
-        except cases.UnknownCase:
-            raise _no_case(case_id) from None
+        return cases.assign(
+            request.app.state.engine, case_id, assignment.assignee,
+            actor=caller.key_id, visible=caller.sees_region,
+        )  # fmt: skip
 
     @api.post(
         "/v1/cases/{case_id}/notes", response_model=CaseOut, responses=unknown_case,
@@ -441,13 +433,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         caller: Inspector,
     ) -> CaseOut:
         """Add a note to the case's trail."""
-        try:
-            return cases.add_note(
-                request.app.state.engine, case_id, note.note,
-                actor=caller.key_id, visible=caller.sees_region,
-            )  # fmt: skip
-        except cases.UnknownCase:
-            raise _no_case(case_id) from None
+        return cases.add_note(
+            request.app.state.engine, case_id, note.note,
+            actor=caller.key_id, visible=caller.sees_region,
+        )  # fmt: skip
 
     @api.get("/v1/admin/blacklist", response_model=list[BlacklistOut], tags=["admin"])
     async def blacklist_list(request: Request, _: Admin) -> list[BlacklistOut]:
