@@ -17,14 +17,12 @@ settlement), then prints:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,16 +32,12 @@ import pandas as pd
 from sqlalchemy import Engine, func, select
 
 from features.load import load_tables
-from features.store import services
 from rules.credit import CreditScheme, Party, shipped_scheme
-from serve import credit, scoring
-from serve.replay import _records, settlement_requests
+from serve import credit
+from serve.replay import moves, play, record_catalog, settlement_requests
 from serve.schemas import SettlementIn
 from serve.store import create_store_engine, upgrade
 from serve.tables import credit_accounts, decisions
-from traceability.checks import StockEvent
-from traceability.ledger import StockEventIn, record_stock_events
-from traceability.store import drugs, products
 
 
 def replay(
@@ -53,39 +47,15 @@ def replay(
     reversals in time order) with the credit scheme in force; the answers and the seconds
     spent scoring."""
     with engine.begin() as conn:
-        conn.execute(drugs.insert(), _records(tables["drugs"][[c.name for c in drugs.columns]]))
-        conn.execute(
-            services.insert(), _records(tables["services"][[c.name for c in services.columns]])
-        )
-        conn.execute(
-            products.insert(), _records(tables["products"][[c.name for c in products.columns]])
-        )
-        record_stock_events(
-            conn,
-            [
-                StockEventIn(
-                    e["trace_code"], StockEvent(e["event_type"]), e["institution_id"],
-                    e["event_at"].to_pydatetime(),
-                )
-                for e in _records(tables["trace_events"])
-            ],
-        )  # fmt: skip
-    moves: list[tuple[datetime, int, Any]] = [
-        (r["reversed_at"].to_pydatetime(), 0, r["settlement_id"])
-        for r in _records(tables["reversals"])
-    ]
-    moves += [(at, 1, b) for at, b in settlement_requests(tables)]
+        record_catalog(conn, tables)
     answers = []
     spent = 0.0
-    for at, kind, what in sorted(moves, key=lambda m: (m[0], m[1])):
+    for move in moves(tables):
         started = time.perf_counter()
-        if kind == 0:
-            with contextlib.suppress(scoring.UnknownSettlement):
-                scoring.reverse(engine, what, at)
-        else:
-            settlement = SettlementIn.model_validate(what)
-            answers.append(orjson.loads(scoring.score(engine, settlement, b"", credit=scheme).body))
+        played = play(engine, move, scheme)
         spent += time.perf_counter() - started
+        if played is not None:
+            answers.append(played.answer)
     return answers, spent
 
 

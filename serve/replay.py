@@ -18,10 +18,11 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from features.load import load_tables
 from features.store import services
+from rules.credit import CreditScheme
 from serve import scoring
 from serve.schemas import SettlementIn
 from traceability.checks import StockEvent
@@ -36,6 +37,7 @@ class Replayed:
     settlement_id: str
     decision: str
     patterns: frozenset[str]
+    answer: dict[str, Any]
 
 
 def _value(v: Any) -> Any:
@@ -87,44 +89,70 @@ def settlement_requests(
         )
 
 
-def replay(data_dir: Path, engine: Engine) -> Iterator[Replayed]:
-    """Play the history in ``data_dir`` into the (migrated, empty) store behind ``engine``."""
-    tables = load_tables(data_dir)
-    with engine.begin() as conn:
-        drug_rows = _records(tables["drugs"][[c.name for c in drugs.columns]])
-        conn.execute(drugs.insert(), drug_rows)
-        conn.execute(
-            services.insert(), _records(tables["services"][[c.name for c in services.columns]])
-        )
-        conn.execute(
-            products.insert(), _records(tables["products"][[c.name for c in products.columns]])
-        )
-        record_stock_events(
-            conn,
-            [
-                StockEventIn(
-                    e["trace_code"],
-                    StockEvent(e["event_type"]),
-                    e["institution_id"],
-                    e["event_at"].to_pydatetime(),
-                )
-                for e in _records(tables["trace_events"])
-            ],
-        )
-    reversals = [
+Move = tuple[datetime, int, Any]
+"""When, what (0: a reversal, 1: a settlement) and its settlement id or request body."""
+
+
+def record_catalog(conn: Connection, tables: dict[str, pd.DataFrame]) -> None:
+    """The knowledge base (drugs, services, products) and every supply-chain event."""
+    conn.execute(drugs.insert(), _records(tables["drugs"][[c.name for c in drugs.columns]]))
+    conn.execute(
+        services.insert(), _records(tables["services"][[c.name for c in services.columns]])
+    )
+    conn.execute(
+        products.insert(), _records(tables["products"][[c.name for c in products.columns]])
+    )
+    record_stock_events(
+        conn,
+        [
+            StockEventIn(
+                e["trace_code"],
+                StockEvent(e["event_type"]),
+                e["institution_id"],
+                e["event_at"].to_pydatetime(),
+            )
+            for e in _records(tables["trace_events"])
+        ],
+    )
+
+
+def moves(tables: dict[str, pd.DataFrame]) -> list[Move]:
+    """Every settlement and reversal of the history, in the order they happened (a
+    reversal before a settlement of the same moment)."""
+    reversals: list[Move] = [
         (r["reversed_at"].to_pydatetime(), 0, r["settlement_id"])
         for r in _records(tables["reversals"])
     ]
-    sales = [(at, 1, body) for at, body in settlement_requests(tables)]
-    for _at, kind, what in sorted(reversals + sales, key=lambda m: (m[0], m[1])):
-        if kind == 0:
-            with contextlib.suppress(scoring.UnknownSettlement):  # never scored: nothing held
-                scoring.reverse(engine, what, _at)
-            continue
-        settlement = SettlementIn.model_validate(what)
-        answer = orjson.loads(scoring.score(engine, settlement, b"").body)
-        yield Replayed(
-            settlement.settlement_id,
-            answer["decision"],
-            frozenset(hit["pattern"] for hit in answer["hits"]),
-        )
+    sales: list[Move] = [(at, 1, body) for at, body in settlement_requests(tables)]
+    return sorted(reversals + sales, key=lambda m: (m[0], m[1]))
+
+
+def play(engine: Engine, move: Move, credit: CreditScheme | None = None) -> Replayed | None:
+    """Post one reversal (None) or score one settlement, as the HTTP handlers do."""
+    at, kind, what = move
+    if kind == 0:
+        with contextlib.suppress(scoring.UnknownSettlement):  # never scored: nothing held
+            scoring.reverse(engine, what, at)
+        return None
+    settlement = SettlementIn.model_validate(what)
+    answer = orjson.loads(scoring.score(engine, settlement, b"", credit=credit).body)
+    return Replayed(
+        settlement.settlement_id,
+        answer["decision"],
+        frozenset(hit["pattern"] for hit in answer["hits"]),
+        answer,
+    )
+
+
+def replay(
+    data_dir: Path, engine: Engine, *, credit: CreditScheme | None = None
+) -> Iterator[Replayed]:
+    """Play the history in ``data_dir`` into the (migrated, empty) store behind ``engine``;
+    ``credit``: the credit scheme the scorer applies (none by default)."""
+    tables = load_tables(data_dir)
+    with engine.begin() as conn:
+        record_catalog(conn, tables)
+    for move in moves(tables):
+        played = play(engine, move, credit)
+        if played is not None:
+            yield played
