@@ -23,15 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.batch import open_history
 from features.simulate import simulate
-from models.supervised import (
-    SettlementModel,
-    history_frame,
-    labelled_frame,
-    settlement_labels,
-    train,
-)
+from models.supervised import SettlementModel, labelled_history, train
 
 
 def per_row(score: Callable[[np.ndarray], object], rows: np.ndarray) -> tuple[float, float]:
@@ -75,13 +68,7 @@ def evaluate_on(model: SettlementModel, data_dir: Path) -> None:
 
     from models.supervised import precision_at_k
 
-    con = open_history(data_dir, memory_limit="3GB")
-    try:
-        features, feature_set = history_frame(con)
-        labels = settlement_labels(con)
-    finally:
-        con.close()
-    data = labelled_frame(features, labels, feature_set)
+    _, data = labelled_history(data_dir, memory_limit="3GB")
     scores = model.predict(data.features)
     y = data.labels
     print(
@@ -93,14 +80,9 @@ def evaluate_on(model: SettlementModel, data_dir: Path) -> None:
 
 def bench(data_dir: Path, rows_wanted: int, use_registry: bool, other: Path | None = None) -> None:
     started = time.perf_counter()
-    con = open_history(data_dir, memory_limit="3GB")
-    try:
-        features, feature_set = history_frame(con)
-        t_features = time.perf_counter() - started
-        labels = settlement_labels(con)
-    finally:
-        con.close()
-    data = labelled_frame(features, labels, feature_set)
+    features, data = labelled_history(data_dir, memory_limit="3GB")
+    feature_set = data.feature_set
+    t_features = time.perf_counter() - started
     t0 = time.perf_counter()
     result = train(data)
     t_train = time.perf_counter() - t0
@@ -108,7 +90,7 @@ def bench(data_dir: Path, rows_wanted: int, use_registry: bool, other: Path | No
         f"  {len(features):,} settlements, {len(data.frame):,} with a verdict "
         f"({int(data.labels.sum()):,} confirmed), {len(feature_set.columns)} features"
     )
-    print(f"  features of the whole history   {t_features:8.2f} s")
+    print(f"  features and verdicts           {t_features:8.2f} s")
     print(
         f"  train + calibrate + validate    {t_train:8.2f} s "
         f"(AUC {result.metrics['auc']:.3f}, AP {result.metrics['average_precision']:.3f})"

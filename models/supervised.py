@@ -363,6 +363,22 @@ def history_frame(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, Feature
     return settlement_features(con), SETTLEMENT_FEATURES
 
 
+def labelled_history(
+    data_dir: Path, *, memory_limit: str = "4GB"
+) -> tuple[pd.DataFrame, LabelledFrame]:
+    """The settlement feature frame of the whole history in ``data_dir``, and its
+    settlements with a verdict (:func:`labelled_frame`)."""
+    from features.batch import open_history
+
+    con = open_history(data_dir, memory_limit=memory_limit)
+    try:
+        features, feature_set = history_frame(con)
+        labels = settlement_labels(con)
+    finally:
+        con.close()
+    return features, labelled_frame(features, labels, feature_set)
+
+
 def train_on_history(
     data_dir: Path,
     *,
@@ -374,17 +390,9 @@ def train_on_history(
     """Features and verdicts of the history in ``data_dir``, then :func:`train`; the review
     threshold bounds the share of the history's settlements the model alone sends to
     review (:func:`review_threshold_for`)."""
-    from features.batch import open_history
-
-    con = open_history(data_dir, memory_limit=memory_limit)
-    try:
-        features, feature_set = history_frame(con)
-        labels = settlement_labels(con)
-    finally:
-        con.close()
-    data = labelled_frame(features, labels, feature_set)
+    features, data = labelled_history(data_dir, memory_limit=memory_limit)
     result = train(data, params=params, validation_share=validation_share)
-    matrix = features[list(feature_set.columns)].to_numpy(dtype=np.float64)
+    matrix = features[list(data.feature_set.columns)].to_numpy(dtype=np.float64)
     threshold = review_threshold_for(result.model, matrix, max_review_rate=max_review_rate)
     model = dataclasses.replace(result.model, review_threshold=threshold)
     metrics = {**result.metrics, "review_threshold": threshold}
