@@ -138,8 +138,10 @@ def main() -> None:
         screened = time.perf_counter()
         engine = create_store_engine(store_url)
         try:
-            filed = cases.file_screening(engine, result.flags, result.members)
-            again = cases.file_screening(engine, result.flags, result.members)
+            with engine.begin() as conn:
+                filed = cases.file_screening(conn, result.flags, result.members)
+            with engine.begin() as conn:
+                again = cases.file_screening(conn, result.flags, result.members)
         finally:
             engine.dispose()
         filed_at = time.perf_counter()

@@ -432,16 +432,15 @@ def _incoming(flag: Flag, members: Sequence[GroupMember]) -> Incoming:
 
 
 def file_screening(
-    engine: Engine, flags: Iterable[Flag], members: Iterable[GroupMember] = ()
+    conn: Connection, flags: Iterable[Flag], members: Iterable[GroupMember] = ()
 ) -> Filed:
-    """File a screening's flags as cases (one per entity), in one transaction; flags filed
-    before (same pattern and entity) are not filed again."""
+    """File a screening's flags as cases (one per entity), in the caller's transaction;
+    flags filed before (same pattern and entity) are not filed again."""
     by_group: dict[str, list[GroupMember]] = {}
     for m in members:
         by_group.setdefault(m.group_id, []).append(m)
     incoming = [_incoming(f, by_group.get(f.entity_id, [])) for f in flags]
-    with engine.begin() as conn:
-        return _file(conn, incoming, source=Source.BATCH, actor="screening")
+    return _file(conn, incoming, source=Source.BATCH, actor="screening")
 
 
 def file_decision(

@@ -96,41 +96,37 @@ def _require_valid(data_dir: Path) -> None:
 )
 def screen(data_dir: Path, out_dir: Path, memory_limit: str, to_store: bool) -> None:
     """Screen a whole history: OUT/flags.parquet, OUT/flags.csv and OUT/groups.parquet."""
-    from serve import blacklist
+    from serve import blacklist, cases, watchlist
     from serve.screening import screen as run_screening
-    from serve.store import create_store_engine, store_exists
+    from serve.store import create_store_engine, store_exists, upgrade
 
     _require_valid(data_dir)
     settings = Settings()
-    listed: set[str] = set()
-    if store_exists(settings.store_url):  # the black list is kept in the store
-        engine = create_store_engine(settings.store_url)
-        try:
-            listed = blacklist.listed_ids(engine)
-        finally:
-            engine.dispose()
-    started = time.perf_counter()
-    result = run_screening(data_dir, out_dir, memory_limit=memory_limit, blacklist=listed)
-    seconds = time.perf_counter() - started
-    click.echo(f"{len(result.flags)} flag(s) in {seconds:.1f} s -> {result.flags_path}")
-    for pattern, count in result.counts().items():
-        click.echo(f"  {pattern:<28}{count:>8}")
     if to_store:
-        from serve import cases, watchlist
-        from serve.store import upgrade
-
         upgrade(settings.store_url)
-        engine = create_store_engine(settings.store_url)
-        try:
-            kept = watchlist.replace(engine, watchlist.entries(result.flags, result.members))
-            filed = cases.file_screening(engine, result.flags, result.members)
-        finally:
+    # the black list is kept in the store (none when there is no store yet)
+    engine = create_store_engine(settings.store_url) if store_exists(settings.store_url) else None
+    try:
+        listed = blacklist.listed_ids(engine) if engine is not None else set()
+        started = time.perf_counter()
+        result = run_screening(data_dir, out_dir, memory_limit=memory_limit, blacklist=listed)
+        seconds = time.perf_counter() - started
+        click.echo(f"{len(result.flags)} flag(s) in {seconds:.1f} s -> {result.flags_path}")
+        for pattern, count in result.counts().items():
+            click.echo(f"  {pattern:<28}{count:>8}")
+        if not to_store or engine is None:
+            return
+        with engine.begin() as conn:  # the watch list and the cases, together or not at all
+            kept = watchlist.replace(conn, watchlist.entries(result.flags, result.members))
+            filed = cases.file_screening(conn, result.flags, result.members)
+    finally:
+        if engine is not None:
             engine.dispose()
-        click.echo(f"watch list in {settings.store_url}: {kept} entr(y/ies)")
-        click.echo(
-            f"cases: {filed.cases_opened} opened, {filed.cases_touched} given "
-            f"{filed.flags_added} new flag(s), {filed.reopened} reopened"
-        )
+    click.echo(f"watch list in {settings.store_url}: {kept} entr(y/ies)")
+    click.echo(
+        f"cases: {filed.cases_opened} opened, {filed.cases_touched} given "
+        f"{filed.flags_added} new flag(s), {filed.reopened} reopened"
+    )
 
 
 @main.command()

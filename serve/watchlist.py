@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, or_, select
+from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select
 
 from features.flags import Flag, GroupMember
 from features.settlement import SettlementView
@@ -81,28 +81,27 @@ def entries(flags: Iterable[Flag], members: Iterable[GroupMember]) -> list[Watch
     return sorted(found.values(), key=lambda w: (w.entity_type, w.entity_id, w.pattern, w.scope))
 
 
-def replace(engine: Engine, watched: Sequence[Watched]) -> int:
-    """Replace the watch list with ``watched``, in one transaction."""
+def replace(conn: Connection, watched: Sequence[Watched]) -> int:
+    """Replace the watch list with ``watched``, in the caller's transaction."""
     now = datetime.now(UTC)
-    with engine.begin() as conn:
-        conn.execute(delete(watchlist))
-        if watched:
-            conn.execute(
-                insert(watchlist),
-                [
-                    {
-                        "entity_type": w.entity_type,
-                        "entity_id": w.entity_id,
-                        "pattern": w.pattern,
-                        "scope": w.scope,
-                        "score": round(w.score, 4),
-                        "flag_id": w.flag_id,
-                        "evidence": json.dumps(w.evidence, ensure_ascii=False, sort_keys=True),
-                        "screened_at": now,
-                    }
-                    for w in watched
-                ],
-            )
+    conn.execute(delete(watchlist))
+    if watched:
+        conn.execute(
+            insert(watchlist),
+            [
+                {
+                    "entity_type": w.entity_type,
+                    "entity_id": w.entity_id,
+                    "pattern": w.pattern,
+                    "scope": w.scope,
+                    "score": round(w.score, 4),
+                    "flag_id": w.flag_id,
+                    "evidence": json.dumps(w.evidence, ensure_ascii=False, sort_keys=True),
+                    "screened_at": now,
+                }
+                for w in watched
+            ],
+        )
     return len(watched)
 
 

@@ -72,9 +72,11 @@ def test_a_screening_files_one_case_per_entity_and_a_second_one_adds_nothing(
         con.close()
     flags, members = read_screening(province_screened)
     entities = {(f.entity_type, f.entity_id) for f in flags}
-    first = cases.file_screening(store, flags, members)
+    with store.begin() as conn:
+        first = cases.file_screening(conn, flags, members)
     assert (first.cases_opened, first.flags_added) == (len(entities), len(flags))
-    again = cases.file_screening(store, flags, members)
+    with store.begin() as conn:
+        again = cases.file_screening(conn, flags, members)
     assert (again.cases_opened, again.flags_added, again.cases_touched) == (0, 0, 0)
     with store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(cases_table)).scalar_one() == len(
@@ -209,7 +211,8 @@ def test_online_decisions_file_settlement_cases_once(world: dict[str, Any], stor
     # a screening finding the same settlement and pattern adds nothing; a new pattern is added
     same = Flag("settlement", "S2", "duplicate_trace_code", 1.0, "reject", Decimal("48.00"), {})
     other = Flag("settlement", "S2", "anomalous_settlement", 0.5, "review", Decimal(90), {})
-    filed = cases.file_screening(store, [same, other])
+    with store.begin() as conn:
+        filed = cases.file_screening(conn, [same, other])
     assert (filed.cases_opened, filed.flags_added) == (0, 1)
     with store.connect() as conn:
         case = conn.execute(select(cases_table).where(cases_table.c.case_id == world["B"])).one()

@@ -28,7 +28,8 @@ def screening(province: Path, tmp_path_factory: pytest.TempPathFactory) -> Scree
 
 @pytest.fixture
 def client(store: Engine, screening: ScreeningResult) -> Iterator[TestClient]:
-    watchlist.replace(store, watchlist.entries(screening.flags, screening.members))
+    with store.begin() as conn:
+        watchlist.replace(conn, watchlist.entries(screening.flags, screening.members))
     with TestClient(
         create_app(Settings(), engine=store), headers=bearer(store, "settlement")
     ) as client:
@@ -94,8 +95,10 @@ def test_a_new_screening_replaces_the_watch_list(store: Engine, screening: Scree
     kinds = {(w.entity_type, w.pattern) for w in entries}
     assert kinds >= {("patient", "group_admission"), ("patient", "drug_hoarding"),
                      ("institution", "resale_hub")}  # fmt: skip
-    assert watchlist.replace(store, entries) == len(entries)
-    assert watchlist.replace(store, entries[:3]) == 3
+    with store.begin() as conn:
+        assert watchlist.replace(conn, entries) == len(entries)
+    with store.begin() as conn:
+        assert watchlist.replace(conn, entries[:3]) == 3
     with store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(watchlist_table)).scalar() == 3
 
