@@ -564,8 +564,18 @@ def _case_row(conn: Connection, case_id: str, visible: Visible, *, lock: bool = 
 # --- the workflow ---------------------------------------------------------------------------
 
 
-def _touch(conn: Connection, case_id: str, now: datetime, **values: Any) -> None:
+def _step(
+    conn: Connection,
+    case_id: str,
+    now: datetime,
+    actor: str,
+    kind: EventKind,
+    detail: dict[str, Any],
+    **values: Any,
+) -> None:
+    """One workflow step: the case's new ``values`` and the event on its trail."""
     conn.execute(update(cases).where(_C.case_id == case_id).values(updated_at=now, **values))
+    conn.execute(insert(case_events), [_event(case_id, now, actor, kind, detail)])
 
 
 def set_status(
@@ -587,21 +597,9 @@ def set_status(
                 f"case {case_id} is {current.value}: it cannot become {target.value}"
                 + ("; a verdict closes a case" if target.value in CLOSED else "")
             )
-        now = datetime.now(UTC)
-        _touch(conn, case_id, now, status=target.value)
         kind = EventKind.REOPENED if current.value in CLOSED else EventKind.STATUS_CHANGED
-        conn.execute(
-            insert(case_events),
-            [
-                _event(
-                    case_id,
-                    now,
-                    actor,
-                    kind,
-                    {"from": current.value, "to": target.value, "reason": reason},
-                )
-            ],
-        )
+        detail = {"from": current.value, "to": target.value, "reason": reason}
+        _step(conn, case_id, datetime.now(UTC), actor, kind, detail, status=target.value)
         return _case_out(_case_row(conn, case_id, visible))
 
 
@@ -611,16 +609,9 @@ def assign(
     """Give a case to an inspector (None: take it back)."""
     with engine.begin() as conn:
         row = _case_row(conn, case_id, visible, lock=True)
+        detail = {"from": row.assignee, "to": assignee}
         now = datetime.now(UTC)
-        _touch(conn, case_id, now, assignee=assignee)
-        conn.execute(
-            insert(case_events),
-            [
-                _event(
-                    case_id, now, actor, EventKind.ASSIGNED, {"from": row.assignee, "to": assignee}
-                )
-            ],
-        )
+        _step(conn, case_id, now, actor, EventKind.ASSIGNED, detail, assignee=assignee)
         return _case_out(_case_row(conn, case_id, visible))
 
 
@@ -628,11 +619,7 @@ def add_note(engine: Engine, case_id: str, note: str, *, actor: str, visible: Vi
     """Add an inspector's note to a case's trail."""
     with engine.begin() as conn:
         _case_row(conn, case_id, visible, lock=True)
-        now = datetime.now(UTC)
-        _touch(conn, case_id, now)
-        conn.execute(
-            insert(case_events), [_event(case_id, now, actor, EventKind.NOTE, {"note": note})]
-        )
+        _step(conn, case_id, datetime.now(UTC), actor, EventKind.NOTE, {"note": note})
         return _case_out(_case_row(conn, case_id, visible))
 
 
@@ -678,7 +665,6 @@ def record_verdict(
             )
         ).scalar_one()
         verdict_id = f"{case_id}-V{count + 1}"
-        _touch(conn, case_id, now, status=verdict.value)
         label = 1 if verdict is CaseStatus.CONFIRMED else 0
         upsert = dialect_insert(conn, labels)
         conn.execute(
@@ -718,24 +704,14 @@ def record_verdict(
                 note=note,
             )
             moved = [f"{c.party.value} {c.entity_id}: {c.points:+d}" for c in applied.charges]
-        conn.execute(
-            insert(case_events),
-            [
-                _event(
-                    case_id,
-                    now,
-                    actor,
-                    EventKind.VERDICT,
-                    {
-                        "verdict": verdict.value,
-                        "note": note,
-                        "verdict_id": verdict_id,
-                        "labels": len(patterns),
-                        "credit": moved,
-                    },
-                )
-            ],
-        )
+        detail = {
+            "verdict": verdict.value,
+            "note": note,
+            "verdict_id": verdict_id,
+            "labels": len(patterns),
+            "credit": moved,
+        }
+        _step(conn, case_id, now, actor, EventKind.VERDICT, detail, status=verdict.value)
         return _case_out(_case_row(conn, case_id, visible))
 
 
