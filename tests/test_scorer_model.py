@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import bearer
 from fastapi.testclient import TestClient
+from scoring_requests import purchase, settlement
 from sqlalchemy import Engine, select
 
 from features.featureset import FeatureSet
@@ -69,38 +70,6 @@ def scorer(store: Engine, tracking_uri: str, **settings: Any) -> TestClient:
 def client(store: Engine, tracking_uri: str, champion: str) -> Iterator[TestClient]:
     with scorer(store, tracking_uri) as client:
         yield client
-
-
-def settlement(settlement_id: str, *codes: str) -> dict[str, Any]:
-    return {
-        "settlement_id": settlement_id,
-        "institution_id": "P001",
-        "patient": {"patient_id": "U1", "gender": "F", "birth_date": "1960-05-01"},
-        "settled_at": "2025-03-01T10:00:00+08:00",
-        "visit_type": "pharmacy",
-        "total_amount": "48.00",
-        "fund_paid": "30.00",
-        "items": [
-            {
-                "line_no": 1,
-                "item_type": "drug",
-                "item_code": "D1",
-                "quantity": 24,
-                "unit_price": "2.00",
-                "amount": "48.00",
-                "trace_codes": list(codes),
-            }
-        ],
-    }
-
-
-def purchase(client: TestClient, *codes: str) -> None:
-    events = [
-        {"trace_code": c, "event_type": "purchase", "institution_id": "P001",
-         "event_at": "2025-02-01T09:00:00+08:00"}
-        for c in codes
-    ]  # fmt: skip
-    assert client.post("/v1/trace-events", json=events).status_code == 200
 
 
 def test_the_champion_scores_every_settlement_and_the_decision_records_it(
