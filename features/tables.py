@@ -54,7 +54,7 @@ TIMEZONE = "Asia/Shanghai"
 LIST_SEPARATOR = "|"
 """Separator of list values in CSV cells."""
 
-PATTERNS: tuple[str, ...] = (
+DETERMINISTIC_PATTERNS: tuple[str, ...] = (
     "duplicate_trace_code",
     "split_sale_overrun",
     "trace_code_mismatch",
@@ -65,6 +65,12 @@ PATTERNS: tuple[str, ...] = (
     "over_frequency",
     "over_quantity",
     "split_admission",
+)
+"""The settlement patterns decided on facts alone: the five trace-code checks and the
+catalog and history rules (CONTRACT.md section 4)."""
+
+PATTERNS: tuple[str, ...] = (
+    *DETERMINISTIC_PATTERNS,
     "group_admission",
     "drug_hoarding",
     "resale_hub",

@@ -17,21 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from features.flags import Flag, GroupMember, write_flags
+from features.tables import DETERMINISTIC_PATTERNS
 from models.evaluate import evaluate, match_groups
 from serve.cli import main
-
-DETERMINISTIC = (
-    "duplicate_trace_code",
-    "split_sale_overrun",
-    "trace_code_mismatch",
-    "missing_trace_code",
-    "unpurchased_trace_code",
-    "gender_restriction",
-    "age_restriction",
-    "over_frequency",
-    "over_quantity",
-    "split_admission",
-)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +28,7 @@ def rule_evaluation(province: Path, province_flags: Path, tmp_path_factory: pyte
     return evaluate(province, province_flags, out)
 
 
-@pytest.mark.parametrize("pattern", DETERMINISTIC)
+@pytest.mark.parametrize("pattern", DETERMINISTIC_PATTERNS)
 def test_the_rule_base_scores_one_on_deterministic_patterns(rule_evaluation, pattern: str) -> None:
     score = rule_evaluation.pattern(pattern)
     assert score.planted > 0
@@ -69,9 +57,9 @@ def test_a_pattern_nobody_flags_has_zero_recall_and_no_precision(
 def test_files_are_written(rule_evaluation) -> None:
     out = rule_evaluation.out_dir
     table = json.loads((out / "evaluation.json").read_text())
-    assert {row["pattern"] for row in table["patterns"]} >= set(DETERMINISTIC)
+    assert {row["pattern"] for row in table["patterns"]} >= set(DETERMINISTIC_PATTERNS)
     pngs = sorted(out.glob("pr_*.png"))
-    assert len(pngs) >= len(DETERMINISTIC)
+    assert len(pngs) >= len(DETERMINISTIC_PATTERNS)
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert "| duplicate_trace_code |" in (out / "evaluation.md").read_text()
 

@@ -11,14 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.tables import DETERMINISTIC_PATTERNS
 from models.evaluate import Evaluation, evaluate
 from serve.screening import screen
-
-DETERMINISTIC = (
-    "duplicate_trace_code", "split_sale_overrun", "trace_code_mismatch", "missing_trace_code",
-    "unpurchased_trace_code", "gender_restriction", "age_restriction", "over_frequency",
-    "over_quantity", "split_admission",
-)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ def evaluation(screened: tuple[Path, Path]) -> Evaluation:
 def test_every_pattern_meets_its_floor_and_no_lookalike_is_flagged(
     evaluation: Evaluation,
 ) -> None:
-    for pattern in DETERMINISTIC:
+    for pattern in DETERMINISTIC_PATTERNS:
         score = evaluation.pattern(pattern)
         assert (score.precision, score.recall) == (1.0, 1.0), pattern
     groups = evaluation.pattern("group_admission")
@@ -51,7 +46,7 @@ def test_every_pattern_meets_its_floor_and_no_lookalike_is_flagged(
         assert evaluation.pattern(pattern).average_precision >= 0.9, pattern
     assert evaluation.pattern("anomalous_institution").precision_at_k["true"] >= 0.8
     assert evaluation.pattern("anomalous_settlement").recall >= 0.8
-    for pattern in (*DETERMINISTIC, "group_admission", "anomalous_institution"):
+    for pattern in (*DETERMINISTIC_PATTERNS, "group_admission", "anomalous_institution"):
         assert evaluation.pattern(pattern).lookalikes_flagged == 0, pattern
 
 

@@ -19,19 +19,8 @@ import pandas as pd
 from features.simulate.claims import ORIGIN_BENIGN, ORIGIN_PLANTED, Claims
 from features.simulate.config import DAY, YEAR_DAYS, SimulationError
 from features.simulate.fraud import Planted
+from features.tables import DETERMINISTIC_PATTERNS
 
-SETTLEMENT_PATTERNS: tuple[str, ...] = (
-    "duplicate_trace_code",
-    "split_sale_overrun",
-    "trace_code_mismatch",
-    "missing_trace_code",
-    "unpurchased_trace_code",
-    "gender_restriction",
-    "age_restriction",
-    "over_frequency",
-    "over_quantity",
-    "split_admission",
-)
 LABEL_SHARE = 0.3
 
 
@@ -191,7 +180,9 @@ def _labels(
         {
             "entity_type": "settlement",
             "entity_id": settlement_id(bg["sid"].to_numpy()[rows]),
-            "pattern": np.array(SETTLEMENT_PATTERNS)[rng.integers(0, len(SETTLEMENT_PATTERNS), n)],
+            "pattern": np.array(DETERMINISTIC_PATTERNS)[
+                rng.integers(0, len(DETERMINISTIC_PATTERNS), n)
+            ],
             "label": 0,
             "decided_t": bg["t"].to_numpy()[rows] + rng.integers(20 * DAY, 90 * DAY, n),
         }
