@@ -11,7 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -53,6 +56,19 @@ def start_scorer(
     return scorer
 
 
+@contextmanager
+def scorers(store_url: str, data_dir: Path, n: int = 2) -> Iterator[list[str]]:
+    """``n`` scorer processes over one store, stopped on the way out; their URLs."""
+    started: list[Scorer] = []
+    try:
+        for _ in range(n):
+            started.append(start_scorer(store_url, data_dir))
+        yield [s.url for s in started]
+    finally:
+        for scorer in started:
+            scorer.stop()
+
+
 def wait_ready(scorer: Scorer, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -73,16 +89,30 @@ def code(n: int) -> str:
     return f"{PRODUCT}{n:09d}0000"
 
 
-def settlement(settlement_id: str, pack: int) -> dict[str, object]:
-    """A pharmacy settlement of one pack of ``D1`` at ``P001``."""
-    return {
+def settlement(
+    settlement_id: str,
+    pack: int,
+    *,
+    at: str | datetime = "2025-03-01T10:00:00+08:00",
+    institution: str = "P001",
+    patient: str | None = None,
+    doctor: str | None = None,
+    fund_paid: str = "5.00",
+) -> dict[str, object]:
+    """A pharmacy settlement of one pack of ``D1`` (at ``P001``, by a patient of its own,
+    unless told otherwise)."""
+    body: dict[str, object] = {
         "settlement_id": settlement_id,
-        "institution_id": "P001",
-        "patient": {"patient_id": f"U{settlement_id}", "gender": "M", "birth_date": "1970-01-01"},
-        "settled_at": "2025-03-01T10:00:00+08:00",
+        "institution_id": institution,
+        "patient": {
+            "patient_id": patient or f"U{settlement_id}",
+            "gender": "M",
+            "birth_date": "1970-01-01",
+        },
+        "settled_at": at,
         "visit_type": "pharmacy",
         "total_amount": "10.00",
-        "fund_paid": "5.00",
+        "fund_paid": fund_paid,
         "items": [
             {
                 "line_no": 1,
@@ -95,6 +125,9 @@ def settlement(settlement_id: str, pack: int) -> dict[str, object]:
             }
         ],
     }
+    if doctor:
+        body["doctor_id"] = doctor
+    return body
 
 
 def purchases(packs: range) -> list[dict[str, str]]:

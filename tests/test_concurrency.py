@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import bearer
-from scorer_processes import PRODUCT, code, purchases, settlement, start_scorer
+from scorer_processes import PRODUCT, code, purchases, scorers, settlement
 from sqlalchemy import func, select
 
 from serve.store import create_store_engine
@@ -43,12 +43,8 @@ def servers(store_url: str, tmp_path: Path) -> Iterator[list[str]]:
         conn.execute(drugs.insert(), [{"drug_code": "D1", "generic_name": "D1", "pack_units": 24}])
         conn.execute(products.insert(), [{"product_code": PRODUCT, "drug_code": "D1"}])
     engine.dispose()
-    scorers = [start_scorer(store_url, tmp_path), start_scorer(store_url, tmp_path)]
-    try:
-        yield [s.url for s in scorers]
-    finally:
-        for scorer in scorers:
-            scorer.stop()
+    with scorers(store_url, tmp_path) as urls:
+        yield urls
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import bearer
 from fastapi.testclient import TestClient
+from scorer_processes import PRODUCT, code, settlement
 from sqlalchemy import Engine, select
 
 from rules.credit import (
@@ -37,12 +38,7 @@ from traceability.ledger import StockEventIn, record_stock_events
 from traceability.store import drugs, products
 
 SCHEME = shipped_scheme()
-PRODUCT = "8100001"
 T0 = datetime(2025, 3, 1, 10, 0, tzinfo=SHANGHAI)
-
-
-def code(n: int) -> str:
-    return f"{PRODUCT}{n:09d}0000"
 
 
 # --- the scheme file ------------------------------------------------------------------------
@@ -128,43 +124,9 @@ def catalog(store: Engine) -> Engine:
     return store
 
 
-def body(
-    settlement_id: str,
-    pack: int,
-    *,
-    at: datetime = T0,
-    institution: str = "P001",
-    patient: str | None = None,
-    doctor: str | None = None,
-    fund_paid: str = "5.00",
-) -> SettlementIn:
-    raw: dict[str, Any] = {
-        "settlement_id": settlement_id,
-        "institution_id": institution,
-        "patient": {
-            "patient_id": patient or f"U{settlement_id}",
-            "gender": "M",
-            "birth_date": "1970-01-01",
-        },
-        "settled_at": at,
-        "visit_type": "pharmacy",
-        "total_amount": "10.00",
-        "fund_paid": fund_paid,
-        "items": [
-            {
-                "line_no": 1,
-                "item_type": "drug",
-                "item_code": "D1",
-                "quantity": 24,
-                "unit_price": "0.40",
-                "amount": "9.60",
-                "trace_codes": [code(pack)],
-            }
-        ],
-    }
-    if doctor:
-        raw["doctor_id"] = doctor
-    return SettlementIn.model_validate(raw)
+def body(settlement_id: str, pack: int, *, at: datetime = T0, **options: Any) -> SettlementIn:
+    """``scorer_processes.settlement`` as the scoring service takes it."""
+    return SettlementIn.model_validate(settlement(settlement_id, pack, at=at, **options))
 
 
 def receive(engine: Engine, packs: range, institution: str = "P001") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import bearer
-from scorer_processes import PRODUCT, settlement, start_scorer
+from scorer_processes import PRODUCT, scorers, settlement
 from sqlalchemy import func, select
 
 from rules.credit import shipped_scheme
@@ -37,12 +37,8 @@ def pg_store(postgres_url: str) -> str:
 
 @pytest.fixture
 def servers(pg_store: str, tmp_path: Path) -> Iterator[list[str]]:
-    scorers = [start_scorer(pg_store, tmp_path), start_scorer(pg_store, tmp_path)]
-    try:
-        yield [s.url for s in scorers]
-    finally:
-        for scorer in scorers:
-            scorer.stop()
+    with scorers(pg_store, tmp_path) as urls:
+        yield urls
 
 
 @pytest.mark.slow
