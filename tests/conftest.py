@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from models.supervised import TrainingResult
 from serve.store import create_store_engine, upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -91,6 +92,20 @@ def province_screened(province: Path, tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("screened-all")
     screen(province, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh embedded MLflow store (SQLite, artifacts beside it) for the module."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def trained(province: Path) -> TrainingResult:
+    """The settlement model trained on the small province (made once per test process)."""
+    from models.supervised import train_on_history
+
+    return train_on_history(province)
 
 
 def bearer(engine: Engine, role: str, *regions: str) -> dict[str, str]:

@@ -23,22 +23,11 @@ from models.supervised import (
     TrainingResult,
     labelled_frame,
     train,
-    train_on_history,
     validation_plots,
 )
 from serve.cli import main
 
 pytestmark = pytest.mark.slow  # a fresh MLflow store takes ~10 s to create
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="module")
-def trained(province: Path) -> TrainingResult:
-    return train_on_history(province)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from features.featureset import FeatureSet
 from features.settlement_features import SETTLEMENT_FEATURES
 from models import registry
-from models.supervised import TrainingResult, train_on_history
+from models.supervised import TrainingResult
 from serve.app import create_app
 from serve.settings import Settings
 from serve.tables import decisions
@@ -31,16 +31,6 @@ from traceability.store import drugs, ledger_entries, products
 pytestmark = pytest.mark.slow  # a fresh MLflow store takes ~10 s to create
 
 CODE = "81000010000000010000"
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="module")
-def trained(province: Path) -> TrainingResult:
-    return train_on_history(province)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ from models.supervised import (
     model_flags,
     settlement_labels,
     time_split,
-    train_on_history,
 )
-
-
-@pytest.fixture(scope="module")
-def trained(province: Path) -> TrainingResult:
-    return train_on_history(province)
 
 
 def test_validation_comes_after_training(trained: TrainingResult) -> None:
