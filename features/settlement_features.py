@@ -53,6 +53,7 @@ from features.store import (
     patient_visits,
 )
 from features.tables import TIMEZONE
+from traceability.batch import materialise
 from traceability.store import drugs
 
 WINDOWS: Final = (30, 90, 365)
@@ -427,11 +428,7 @@ def settlement_features(
     """
     if reference is None:
         reference = compute_item_reference(con)
-    con.register("sf_reference_arrow", reference)
-    try:
-        con.execute("CREATE OR REPLACE TEMP TABLE sf_reference AS SELECT * FROM sf_reference_arrow")
-    finally:
-        con.unregister("sf_reference_arrow")
+    materialise(con, "sf_reference", reference)
     con.execute(_SETTLEMENTS_SQL)
     head = (
         con.sql(

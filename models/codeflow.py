@@ -32,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from features.flags import Flag
+from traceability.batch import materialise
 from traceability.codes import InvalidTraceCode, canonicalize_codes
 
 HUB: Final = "resale_hub"
@@ -88,9 +89,7 @@ def _register_code_map(con: duckdb.DuckDBPyConnection) -> None:
     table = pa.table(
         {"raw": pa.array(raws, pa.string()), "canonical": pa.array(canonical, pa.string())}
     )
-    con.register("cf_code_map_arrow", table)
-    con.execute("CREATE OR REPLACE TEMP TABLE cf_code_map AS SELECT * FROM cf_code_map_arrow")
-    con.unregister("cf_code_map_arrow")
+    materialise(con, "cf_code_map", table)
 
 
 _LINES_SQL: Final = """

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from rules.base import Action, Rule, RuleBase
 from rules.templates import TraceCode, TraceCodeParams
-from traceability.batch import CodeHit, screen_codes
+from traceability.batch import CodeHit, materialise, screen_codes
 
 BATCH_ROWS: Final = 500_000
 
@@ -90,17 +90,11 @@ def _jsonable(value: Any) -> Any:
 def prepare(con: duckdb.DuckDBPyConnection, *, blacklist: Iterable[str] = ()) -> None:
     """Build the executor's tables on ``con`` (once per history and black list)."""
     con.execute(_PREPARE_SQL)
-    _register(
+    materialise(
         con,
         "rule_blacklist",
         pa.table({"institution_id": pa.array(sorted(set(blacklist)), pa.string())}),
     )
-
-
-def _register(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    con.register(f"{name}_arrow", table)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")  # noqa: S608 - our own names
-    con.unregister(f"{name}_arrow")
 
 
 def _column(batch: pa.RecordBatch, name: str) -> np.ndarray[Any, Any]:
@@ -114,7 +108,7 @@ def _sql_hits(con: duckdb.DuckDBPyConnection, rule: Rule, slot: int) -> list[Rul
     items_table = f"rule_items_{slot}"
     table = template.items_table(rule.params)
     if table is not None:
-        _register(con, items_table, table)
+        materialise(con, items_table, table)
     sql = template.batch_sql(rule.params, items_table)
     if sql is None:
         return []

@@ -333,11 +333,15 @@ def _code_hit_rows(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[dict[st
                     yield {"pattern": pattern, **row}
 
 
-def _materialise(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    """An Arrow table from Python as DuckDB temp table ``name`` (replacing one before)."""
+def materialise(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """An Arrow table from Python as DuckDB temp table ``name`` (replacing one before): the
+    one way the batch executors (codes, rules, features, graphs) hand Python results back
+    to DuckDB."""
     con.register(f"{name}_arrow", table)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")  # noqa: S608 - our own names
-    con.unregister(f"{name}_arrow")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")  # noqa: S608 - our own names
+    finally:
+        con.unregister(f"{name}_arrow")
 
 
 def _ids(column: str, values: set[str]) -> pa.Table:
@@ -510,7 +514,7 @@ def _screen_rounds(
     rejected: set[str] = set()
     todo, only_affected = parts.ledger_parts, ""
     for round_no in range(max_rounds):
-        _materialise(con, "not_consuming", _ids("settlement_id", rejected))
+        materialise(con, "not_consuming", _ids("settlement_id", rejected))
         if round_no:  # a later round: forget what it screens again
             affected = {r[0] for r in con.execute("SELECT canonical FROM affected").fetchall()}
             fired = {k: r for k, r in fired.items() if r["canonical"] not in affected}
@@ -526,7 +530,7 @@ def _screen_rounds(
         if not changed:
             return fired
         rejected = now_rejected
-        _materialise(con, "changed", _ids("settlement_id", changed))
+        materialise(con, "changed", _ids("settlement_id", changed))
         source = _parquet(ledger_files) if ledger_files else f"({_NO_STOCK_SQL})"
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE affected AS
