@@ -47,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 
+from traceability.history import batches, mark_stored
 from traceability.store import ID, UTCDateTime, upsert
 
 MONEY: Final = Numeric(18, 2)
@@ -337,24 +338,11 @@ def load_history(
 ) -> int:
     """Add every settlement of the history behind ``con`` (``features.batch`` views) that is
     not in the store yet; returns the rows added (zero when it was loaded before)."""
-    present = pa.table(
-        {
-            "settlement_id": pa.array(
-                conn.execute(select(patient_history.c.settlement_id).distinct()).scalars().all(),
-                pa.string(),
-            )
-        }
-    )
-    con.register("history_present", present)
+    mark_stored(con, conn, patient_history.c.settlement_id, "history_present")
     added = 0
-    try:
-        for batch in con.sql(_HISTORY_SQL).to_arrow_reader(chunk_rows):
-            rows = batch.to_pylist()
-            if rows:
-                conn.execute(insert(patient_history), rows)
-                added += len(rows)
-    finally:
-        con.unregister("history_present")
+    for rows in batches(con, _HISTORY_SQL, chunk_rows):
+        conn.execute(insert(patient_history), rows)
+        added += len(rows)
     _load_visits(con, conn, chunk_rows=chunk_rows)
     return added
 
@@ -369,23 +357,11 @@ WHERE s.settlement_id NOT IN (SELECT settlement_id FROM visits_present)
 
 def _load_visits(con: duckdb.DuckDBPyConnection, conn: Connection, *, chunk_rows: int) -> int:
     """Add every settlement of the history that ``patient_visits`` does not hold yet."""
-    present = pa.table(
-        {
-            "settlement_id": pa.array(
-                conn.execute(select(patient_visits.c.settlement_id)).scalars().all(), pa.string()
-            )
-        }
-    )
-    con.register("visits_present", present)
+    mark_stored(con, conn, patient_visits.c.settlement_id, "visits_present")
     added = 0
-    try:
-        for batch in con.sql(_VISITS_SQL).to_arrow_reader(chunk_rows):
-            rows = batch.to_pylist()
-            if rows:
-                conn.execute(insert(patient_visits), rows)
-                added += len(rows)
-    finally:
-        con.unregister("visits_present")
+    for rows in batches(con, _VISITS_SQL, chunk_rows):
+        conn.execute(insert(patient_visits), rows)
+        added += len(rows)
     return added
 
 

@@ -16,8 +16,9 @@ from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, select, update
 
+from traceability.batch import materialise
 from traceability.store import (
     dialect_insert,
     drugs,
@@ -42,23 +43,35 @@ class HistoryLoad:
     codes: int
 
 
-def _batches(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[list[dict[str, Any]]]:
-    reader = con.sql(sql).to_arrow_reader(CHUNK_ROWS)
+def batches(
+    con: duckdb.DuckDBPyConnection, sql: str, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of ``sql`` on ``con``, ``chunk_rows`` at a time (never an empty chunk)."""
+    reader = con.sql(sql).to_arrow_reader(chunk_rows)
     for batch in reader:
         rows = batch.to_pylist()
         if rows:
             yield rows
 
 
+def mark_stored(
+    con: duckdb.DuckDBPyConnection, conn: Connection, column: ColumnElement[Any], name: str
+) -> None:
+    """The settlement ids the store's ``column`` holds, as DuckDB temp table ``name``
+    (``settlement_id``): what a load skips because it loaded it before."""
+    ids = conn.execute(select(column).distinct()).scalars().all()
+    materialise(con, name, pa.table({"settlement_id": pa.array(ids, pa.string())}))
+
+
 def load_catalog(con: duckdb.DuckDBPyConnection, conn: Connection) -> tuple[int, int]:
     """Upsert the drug catalog and the product registry."""
     n_drugs = sum(
         upsert(conn, drugs, rows, "drug_code")
-        for rows in _batches(con, f"SELECT {', '.join(c.name for c in drugs.columns)} FROM drugs")  # noqa: S608 - our own columns
+        for rows in batches(con, f"SELECT {', '.join(c.name for c in drugs.columns)} FROM drugs")  # noqa: S608 - our own columns
     )
     n_products = sum(
         upsert(conn, products, rows, "product_code")
-        for rows in _batches(
+        for rows in batches(
             con,
             f"SELECT {', '.join(c.name for c in products.columns)} FROM products",  # noqa: S608 - our own columns
         )
@@ -69,7 +82,7 @@ def load_catalog(con: duckdb.DuckDBPyConnection, conn: Connection) -> tuple[int,
 def load_stock(con: duckdb.DuckDBPyConnection, conn: Connection) -> int:
     """Record the supply-chain events (canonical codes; invalid codes were refused before)."""
     added = 0
-    for rows in _batches(
+    for rows in batches(
         con,
         """SELECT institution_id, canonical AS canonical_code, event_type, event_at
            FROM stock WHERE canonical IS NOT NULL""",
@@ -87,33 +100,22 @@ def load_stock(con: duckdb.DuckDBPyConnection, conn: Connection) -> int:
 def load_ledger(con: duckdb.DuckDBPyConnection, conn: Connection) -> tuple[int, int]:
     """Settle the codes of every settlement that consumed them (``resolved`` minus
     ``not_consuming``), releasing the reversed ones; skip settlements already in the ledger."""
-    present = pa.table(
-        {
-            "settlement_id": pa.array(
-                conn.execute(select(ledger_entries.c.settlement_id).distinct()).scalars().all(),
-                pa.string(),
-            )
-        }
-    )
-    con.register("ledger_present", present)
+    mark_stored(con, conn, ledger_entries.c.settlement_id, "ledger_present")
     added = 0
     touched: set[str] = set()
-    try:
-        for rows in _batches(
-            con,
-            """SELECT settlement_id, line_no, pos - 1 AS position, canonical AS canonical_code,
-                      units, split_sale, settled_at, reversed_at AS released_at
-               FROM resolved
-               WHERE canonical IS NOT NULL
-                 AND settlement_id NOT IN (SELECT settlement_id FROM not_consuming)
-                 AND settlement_id NOT IN (SELECT settlement_id FROM ledger_present)
-               ORDER BY settled_at, settlement_id, line_no, pos""",
-        ):
-            conn.execute(ledger_entries.insert(), rows)
-            added += len(rows)
-            touched.update(r["canonical_code"] for r in rows)
-    finally:
-        con.unregister("ledger_present")
+    for rows in batches(
+        con,
+        """SELECT settlement_id, line_no, pos - 1 AS position, canonical AS canonical_code,
+                  units, split_sale, settled_at, reversed_at AS released_at
+           FROM resolved
+           WHERE canonical IS NOT NULL
+             AND settlement_id NOT IN (SELECT settlement_id FROM not_consuming)
+             AND settlement_id NOT IN (SELECT settlement_id FROM ledger_present)
+           ORDER BY settled_at, settlement_id, line_no, pos""",
+    ):
+        conn.execute(ledger_entries.insert(), rows)
+        added += len(rows)
+        touched.update(r["canonical_code"] for r in rows)
     _recompute_codes(conn, sorted(touched))
     return added, len(touched)
 
