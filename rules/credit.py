@@ -56,7 +56,8 @@ CONTRACT.md §4 and never cost credit themselves."""
 
 
 class Party(StrEnum):
-    """Who holds a credit account."""
+    """Who holds a credit account (医保信用): a designated institution, an insured person, a
+    doctor or pharmacist."""
 
     INSTITUTION = "institution"
     PATIENT = "patient"

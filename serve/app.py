@@ -46,7 +46,6 @@ from serve.schemas import (
     CaseOut,
     CaseStatus,
     CreditOut,
-    CreditParty,
     DecisionOut,
     ErrorOut,
     NoteIn,
@@ -280,7 +279,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         tags=["credit"],
     )
     async def credit(
-        entity_type: CreditParty,
+        entity_type: Party,
         entity_id: Annotated[str, Path(min_length=1, max_length=64)],
         request: Request,
         caller: CreditReader,
@@ -318,7 +317,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             return credit_accounts.explain(
                 conn,
                 request.app.state.credit,
-                Party(entity_type.value),
+                entity_type,
                 entity_id,
                 at=at,
                 limit=limit,

@@ -232,15 +232,6 @@ class DecisionOut(BaseModel):
     reversal: ReversalOut | None = None
 
 
-class CreditParty(StrEnum):
-    """Who holds a credit account (医保信用): a designated institution, an insured person, a
-    doctor or pharmacist."""
-
-    INSTITUTION = "institution"
-    PATIENT = "patient"
-    DOCTOR = "doctor"
-
-
 class CreditEventOut(BaseModel):
     """One event that moved a credit account: a rejected settlement, a settlement sent to
     review (a flag), a confirmed case, a dismissed case giving a flag's cost back."""
