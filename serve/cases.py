@@ -53,6 +53,7 @@ from features.tables import PATTERNS
 from rules.base import RuleBase
 from rules.credit import CreditScheme
 from serve import credit
+from serve.decision import MODEL_RULE_ID
 from serve.schemas import (
     SHANGHAI,
     CaseDetailOut,
@@ -77,7 +78,6 @@ _F = case_flags.c
 CHUNK: Final = 500
 CENT: Final = Decimal("0.01")
 UNIT: Final = Decimal("0.0001")
-MODEL_RULE_ID: Final = "MODEL"
 
 
 class Source(StrEnum):
