@@ -32,6 +32,7 @@ from models.graphs import code_flow_flags, group_admission_flags
 from rules.base import RuleBase, shipped_rulebase
 from rules.batch import BatchRules, findings
 from rules.templates import TraceCode
+from traceability.batch import materialise
 
 
 @dataclass(frozen=True)
@@ -104,16 +105,13 @@ def anomaly_flags(con: duckdb.DuckDBPyConnection, *, explained: Iterable[str]) -
     flagged = anomalous_settlement_flags(settlements, explained=set(explained))
     # the money at risk is the settlement's own fund_paid (DECIMAL), not the features' float
     ids = pa.table({"settlement_id": pa.array([f.entity_id for f in flagged], pa.string())})
-    con.register("anomalous_ids", ids)
-    try:
-        paid = dict(
-            con.execute(
-                "SELECT s.settlement_id, s.fund_paid FROM settlements s "
-                "JOIN anomalous_ids USING (settlement_id)"
-            ).fetchall()
-        )
-    finally:
-        con.unregister("anomalous_ids")
+    materialise(con, "anomalous_ids", ids)
+    paid = dict(
+        con.execute(
+            "SELECT s.settlement_id, s.fund_paid FROM settlements s "
+            "JOIN anomalous_ids USING (settlement_id)"
+        ).fetchall()
+    )
     flagged = [replace(f, amount_at_risk=paid[f.entity_id]) for f in flagged]
     return anomalous_institution_flags(institutions) + flagged
 
