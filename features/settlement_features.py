@@ -54,7 +54,7 @@ from features.store import (
 )
 from features.tables import TIMEZONE
 from traceability.batch import materialise
-from traceability.store import drugs
+from traceability.store import MergedRead, drugs, one_of
 
 WINDOWS: Final = (30, 90, 365)
 """The patient's look-back windows, in days before the settlement."""
@@ -468,16 +468,6 @@ def settlement_features(
 
 # ------------------------------------------------------------------------------ online
 
-_DRUGS: Final = select(
-    drugs.c.drug_code, drugs.c.high_value, drugs.c.max_units_per_day, drugs.c.pack_units
-).where(drugs.c.drug_code.in_(bindparam("codes", expanding=True)))
-
-_REFERENCE: Final = select(
-    item_reference.c.item_type,
-    item_reference.c.item_code,
-    item_reference.c.ref_unit_price,
-    item_reference.c.ref_quantity,
-).where(item_reference.c.item_code.in_(bindparam("codes", expanding=True)))
 
 _pv = patient_visits.c
 
@@ -546,25 +536,49 @@ def _f(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+_ONLINE_READ: Final = MergedRead(
+    lambda dialect: {
+        "drug": select(
+            drugs.c.drug_code, drugs.c.high_value, drugs.c.max_units_per_day, drugs.c.pack_units
+        ).where(one_of(drugs.c.drug_code, "drugs", dialect)),
+        "reference": select(
+            item_reference.c.item_type,
+            item_reference.c.item_code,
+            item_reference.c.ref_unit_price,
+            item_reference.c.ref_quantity,
+        ).where(one_of(item_reference.c.item_code, "codes", dialect)),
+        "visits": _VISITS,
+        "supply": _SUPPLY,
+    }
+)
+"""What the online vector reads, in one statement: the settlement's drugs' value class,
+daily limit and pack size (``drug``), its items' reference price and quantity
+(``reference``), the patient's visits in the windows before it (``visits``: one row of
+``_VISITS``) and the patient's units of each high-value drug in them (``supply``)."""
+
+
 def online_settlement_vector(conn: Connection, view: SettlementView) -> np.ndarray:
     """The features of the one settlement being scored (``SETTLEMENT_FEATURES`` order),
-    from the store's state before it: the same values batch gives it."""
+    from the store's state before it (one statement): the same values batch gives it."""
     at = view.settled_at
     lines = view.lines
     codes = sorted({line.item_code for line in lines})
     drug_codes = sorted({line.item_code for line in lines if line.item_type == "drug"})
-    catalog = {r[0]: r for r in conn.execute(_DRUGS, {"codes": drug_codes})} if drug_codes else {}
-    reference = (
-        {(r[0], r[1]): r for r in conn.execute(_REFERENCE, {"codes": codes})} if codes else {}
+    read = _ONLINE_READ.read(
+        conn,
+        {
+            "drugs": drug_codes,
+            "codes": codes,
+            "patient": view.patient_id,
+            "institution": view.institution_id,
+            "at": at,
+            **{f"since_{w}": at - timedelta(days=w) for w in WINDOWS},
+        },
     )
-    params: dict[str, Any] = {
-        "patient": view.patient_id,
-        "institution": view.institution_id,
-        "at": at,
-        **{f"since_{w}": at - timedelta(days=w) for w in WINDOWS},
-    }
-    visits = conn.execute(_VISITS, params).one()
-    supply = conn.execute(_SUPPLY, params).all()
+    catalog = {r[0]: r for r in read["drug"]}
+    reference = {(r[0], r[1]): r for r in read["reference"]}
+    (visits,) = read["visits"]
+    supply = read["supply"]
 
     vector = np.zeros(len(SETTLEMENT_FEATURES.columns))
     line_total = sum((float(line.amount) for line in lines), 0.0)

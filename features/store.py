@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
@@ -48,7 +48,7 @@ from sqlalchemy import (
 )
 
 from traceability.history import batches, mark_stored
-from traceability.store import ID, UTCDateTime, upsert
+from traceability.store import DIALECTS, ID, UTCDateTime, many_rows, one_of, upsert
 
 MONEY: Final = Numeric(18, 2)
 
@@ -145,6 +145,10 @@ class Stay:
     diagnosis_code: str | None
 
 
+_NEW_VISIT: Final = insert(patient_visits)
+_NEW_LINES: Final = many_rows(insert(patient_history), patient_history.c.line_no)
+
+
 def record_settlement(
     conn: Connection,
     *,
@@ -162,9 +166,9 @@ def record_settlement(
 ) -> None:
     """Add a settlement to its patient's history (in the caller's transaction): its lines
     (and stay) to ``patient_history``, the settlement and its amounts to
-    ``patient_visits``."""
+    ``patient_visits`` (two statements)."""
     conn.execute(
-        insert(patient_visits),
+        _NEW_VISIT,
         {
             "settlement_id": settlement_id,
             "patient_id": patient_id,
@@ -210,7 +214,7 @@ def record_settlement(
             }
         )
     if rows:
-        conn.execute(insert(patient_history), rows)
+        conn.execute(_NEW_LINES[conn.dialect.name], rows)
 
 
 def reverse_settlement(conn: Connection, *, settlement_id: str, reversed_at: datetime) -> None:
@@ -237,23 +241,28 @@ def reverse_settlement(conn: Connection, *, settlement_id: str, reversed_at: dat
     )
 
 
-_WINDOW_SUMS = (
-    select(patient_history.c.item_code, func.coalesce(func.sum(patient_history.c.quantity), 0))
-    .where(
-        and_(
-            patient_history.c.patient_id == bindparam("patient"),
-            patient_history.c.item_type == bindparam("item_type"),
-            patient_history.c.item_code.in_(bindparam("items", expanding=True)),
-            patient_history.c.settled_at > bindparam("since"),
-            patient_history.c.settled_at <= bindparam("until"),
-            or_(
-                patient_history.c.reversed_at.is_(None),
-                patient_history.c.reversed_at > bindparam("until"),
-            ),
+def _window_sums(dialect: str) -> Any:
+    """A patient's billed quantity of some items of one type in a window, per item."""
+    return (
+        select(patient_history.c.item_code, func.coalesce(func.sum(patient_history.c.quantity), 0))
+        .where(
+            and_(
+                patient_history.c.patient_id == bindparam("patient"),
+                patient_history.c.item_type == bindparam("item_type"),
+                one_of(patient_history.c.item_code, "items", dialect),
+                patient_history.c.settled_at > bindparam("since"),
+                patient_history.c.settled_at <= bindparam("until"),
+                or_(
+                    patient_history.c.reversed_at.is_(None),
+                    patient_history.c.reversed_at > bindparam("until"),
+                ),
+            )
         )
+        .group_by(patient_history.c.item_code)
     )
-    .group_by(patient_history.c.item_code)
-)
+
+
+_WINDOW_SUMS: Final = {dialect: _window_sums(dialect) for dialect in DIALECTS}
 
 
 def window_quantities(
@@ -270,7 +279,7 @@ def window_quantities(
     if not item_codes:
         return {}
     rows = conn.execute(
-        _WINDOW_SUMS,
+        _WINDOW_SUMS[conn.dialect.name],
         {
             "patient": patient_id,
             "item_type": item_type,

@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, select
 
 from features.settlement import LineView, SettlementView
 from features.store import earlier_stays, services, window_quantities
@@ -34,7 +34,7 @@ from rules.templates import (
     TraceCode,
 )
 from traceability.ledger import CodeCheckHit
-from traceability.store import drugs
+from traceability.store import MergedRead, drugs, one_of
 
 SHANGHAI: Final = ZoneInfo("Asia/Shanghai")
 
@@ -69,32 +69,41 @@ class _Catalog:
         return self.rows.get((item_type, item_code), {}).get(name)
 
 
-_DRUG_ROWS = select(
-    drugs.c.drug_code,
-    drugs.c.gender_restriction,
-    drugs.c.min_age,
-    drugs.c.max_age,
-    drugs.c.max_units_per_day,
-).where(drugs.c.drug_code.in_(bindparam("codes", expanding=True)))
-_SERVICE_ROWS = select(
-    services.c.service_code,
-    services.c.gender_restriction,
-    services.c.min_age,
-    services.c.max_age,
-    services.c.max_times,
-    services.c.period_days,
-).where(services.c.service_code.in_(bindparam("codes", expanding=True)))
+_CATALOG: Final = MergedRead(
+    lambda dialect: {
+        "drug": select(
+            drugs.c.drug_code.label("code"),
+            drugs.c.gender_restriction,
+            drugs.c.min_age,
+            drugs.c.max_age,
+            drugs.c.max_units_per_day,
+        ).where(one_of(drugs.c.drug_code, "drugs", dialect)),
+        "service": select(
+            services.c.service_code.label("code"),
+            services.c.gender_restriction,
+            services.c.min_age,
+            services.c.max_age,
+            services.c.max_times,
+            services.c.period_days,
+        ).where(one_of(services.c.service_code, "services", dialect)),
+    }
+)
+"""The knowledge base rows of a settlement's drugs and services (their limits), in one
+statement."""
 
 
 def _catalog(conn: Connection, view: SettlementView) -> _Catalog:
+    codes = {
+        item_type: sorted({line.item_code for line in view.lines if line.item_type == item_type})
+        for item_type in ("drug", "service")
+    }
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for item_type, statement in (("drug", _DRUG_ROWS), ("service", _SERVICE_ROWS)):
-        codes = sorted({line.item_code for line in view.lines if line.item_type == item_type})
-        if codes:
-            for row in conn.execute(statement, {"codes": codes}):
-                mapping = dict(row._mapping)
-                code = mapping.pop("drug_code" if item_type == "drug" else "service_code")
-                rows[(item_type, code)] = mapping
+    if codes["drug"] or codes["service"]:
+        read = _CATALOG.read(conn, {"drugs": codes["drug"], "services": codes["service"]})
+        for item_type, found in read.items():
+            for row in found:
+                mapping = row._asdict()
+                rows[(item_type, mapping.pop("code"))] = mapping
     return _Catalog(rows)
 
 
@@ -203,10 +212,10 @@ class _Evaluation:
     def _window_facts(self, rule: Rule, item_type: str) -> list[tuple[int | None, dict[str, Any]]]:
         frequency = item_type == "service"
         lines = self._lines(rule, (item_type,))
-        out: list[tuple[int | None, dict[str, Any]]] = []
         own_units: dict[str, Decimal] = {}
         for line in lines:
             own_units[line.item_code] = own_units.get(line.item_code, Decimal(0)) + line.quantity
+        limited: list[tuple[LineView, Any, int]] = []
         for line in lines:
             if frequency:
                 limit = _limit(rule, self.catalog, line, "max_times")
@@ -214,24 +223,31 @@ class _Evaluation:
             else:
                 limit = _limit(rule, self.catalog, line, "max_units_per_day")
                 days = rule.params.window_days  # type: ignore[attr-defined]
-            if limit is None or days is None:
-                continue
-            earlier = window_quantities(
+            if limit is not None and days is not None:
+                limited.append((line, limit, int(days)))
+        # one look-up per window length (one for the whole rule, as a rule's items
+        # usually share their period), each summing every item of that length
+        earlier: dict[tuple[int, str], Decimal] = {}
+        for days in sorted({days for _, _, days in limited}):
+            sums = window_quantities(
                 self.conn,
                 patient_id=self.view.patient_id,
-                item_codes=[line.item_code],
-                since=self.view.settled_at - timedelta(days=int(days)),
+                item_codes=sorted({line.item_code for line, _, d in limited if d == days}),
+                since=self.view.settled_at - timedelta(days=days),
                 until=self.view.settled_at,
                 item_type=item_type,
-            ).get(line.item_code, Decimal(0))
-            count = int(earlier + own_units[line.item_code])
+            )
+            earlier.update({(days, code): total for code, total in sums.items()})
+        out: list[tuple[int | None, dict[str, Any]]] = []
+        for line, limit, days in limited:
+            count = int(earlier.get((days, line.item_code), Decimal(0)) + own_units[line.item_code])
             if frequency:
                 facts = {"times_in_period": count, "max_times": int(limit)}
             else:
                 facts = {
                     "units_in_window": count,
                     "max_units_per_day": limit,
-                    "window_days": int(days),
+                    "window_days": days,
                 }
             out.append((line.line_no, facts))
         return out

@@ -7,11 +7,17 @@ settlement and by ``fundguard screen`` for a history.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Final
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, bindparam, delete, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from serve.tables import blacklist
+
+LISTED: Final = select(blacklist.c.institution_id).where(
+    blacklist.c.institution_id == bindparam("institution")
+)
+"""The institution, if it is listed (bind ``institution``): what the scorer reads."""
 
 
 def add(engine: Engine, institution_id: str, reason: str) -> bool:

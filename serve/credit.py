@@ -73,7 +73,7 @@ class Verdict:
 
 # --- reading --------------------------------------------------------------------------------
 
-_READ: Final = select(
+READ: Final = select(
     _A.entity_type, _A.entity_id, _A.lost, _A.last_violation_day, _A.year, _A.year_points
 ).where(
     or_(
@@ -88,6 +88,10 @@ def _account(row: Any) -> Account:
     return Account(row.lost, row.last_violation_day, row.year, row.year_points)
 
 
+"""The credit accounts of a settlement's parties (binds ``institution``, ``patient`` and
+``doctor``)."""
+
+
 def read_standing(
     conn: Connection,
     scheme: CreditScheme,
@@ -98,12 +102,26 @@ def read_standing(
     at: datetime,
 ) -> Standing:
     """The credit of a settlement's parties on its day (one statement)."""
-    found = {
-        (r.entity_type, r.entity_id): _account(r)
-        for r in conn.execute(
-            _READ, {"institution": institution_id, "patient": patient_id, "doctor": doctor_id}
-        )
-    }
+    rows = conn.execute(
+        READ, {"institution": institution_id, "patient": patient_id, "doctor": doctor_id}
+    )
+    return standing_of(
+        rows, scheme, institution_id=institution_id, patient_id=patient_id,
+        doctor_id=doctor_id, at=at,
+    )  # fmt: skip
+
+
+def standing_of(
+    rows: Iterable[Any],
+    scheme: CreditScheme,
+    *,
+    institution_id: str,
+    patient_id: str,
+    doctor_id: str | None,
+    at: datetime,
+) -> Standing:
+    """The credit of a settlement's parties on its day, from the accounts ``READ`` read."""
+    found = {(r.entity_type, r.entity_id): _account(r) for r in rows}
     parties = [(Party.INSTITUTION, institution_id), (Party.PATIENT, patient_id)]
     if doctor_id:
         parties.append((Party.DOCTOR, doctor_id))

@@ -9,6 +9,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import orjson
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
@@ -19,14 +20,14 @@ from features.store import HistoryLine, record_settlement, reverse_settlement
 from rules.base import RuleBase, shipped_rulebase
 from rules.credit import CreditScheme
 from rules.online import LineView, SettlementView, evaluate
-from serve import cases
-from serve.credit import apply_decision, read_standing
+from serve import blacklist, cases, watchlist
+from serve import credit as credit_accounts
 from serve.decision import credit_hits, decide, lowered, model_hits, rule_hits
 from serve.model import NO_MODEL, ModelInForce, ModelSignal
 from serve.schemas import Decision, ItemType, ModelOut, ReversalOut, ScoreOut, SettlementIn
-from serve.tables import blacklist, decisions, reversals, rule_executions
-from serve.watchlist import watch_hits
+from serve.tables import decisions, reversals, rule_executions
 from traceability.ledger import DrugLine, check_codes, release_codes
+from traceability.store import MergedRead, many_rows
 
 
 def _stored(conn: Connection, settlement_id: str) -> bytes | None:
@@ -67,13 +68,23 @@ def _view(settlement: SettlementIn) -> SettlementView:
     )
 
 
-_BLACKLISTED = select(blacklist.c.institution_id).where(
-    blacklist.c.institution_id == bindparam("institution")
+_STANDING: Final = MergedRead(
+    {
+        "answer": select(decisions.c.response).where(
+            decisions.c.settlement_id == bindparam("settlement")
+        ),
+        "blacklisted": blacklist.LISTED,
+        "watched": watchlist.LOOKUP,
+        "credit": credit_accounts.READ,
+    }
 )
+"""The first statement of a scoring: the answer stored for the settlement if it was scored
+before (``answer``), whether its institution is on the black list (``blacklisted``), the
+watch-list entries of its patient and institution (``watched``) and the credit accounts of
+its institution, patient and doctor (``credit``)."""
 
-
-def is_blacklisted(conn: Connection, institution_id: str) -> bool:
-    return conn.execute(_BLACKLISTED, {"institution": institution_id}).first() is not None
+_NEW_DECISION: Final = insert(decisions)
+_NEW_EXECUTIONS: Final = many_rows(insert(rule_executions), rule_executions.c.rule_id)
 
 
 @dataclass(frozen=True)
@@ -127,9 +138,17 @@ def score(
     rulebase = rulebase or shipped_rulebase()
     try:
         with engine.begin() as conn:
-            stored = _stored(conn, settlement.settlement_id)
-            if stored is not None:
-                return Scored.of_stored(stored)
+            known = _STANDING.read(
+                conn,
+                {
+                    "settlement": settlement.settlement_id,
+                    "institution": settlement.institution_id,
+                    "patient": settlement.patient.patient_id,
+                    "doctor": settlement.doctor_id,
+                },
+            )
+            if known["answer"]:
+                return Scored.of_stored(known["answer"][0].response.encode())
             lines = [
                 DrugLine(
                     line_no=item.line_no,
@@ -151,8 +170,8 @@ def score(
             )
             view = _view(settlement)
             standing = (
-                read_standing(
-                    conn,
+                credit_accounts.standing_of(
+                    known["credit"],
                     credit,
                     institution_id=settlement.institution_id,
                     patient_id=settlement.patient.patient_id,
@@ -168,7 +187,7 @@ def score(
                 rulebase,
                 view,
                 trace_hits=checked.hits,
-                blacklisted=is_blacklisted(conn, settlement.institution_id)
+                blacklisted=bool(known["blacklisted"])
                 or (standing is not None and standing.blacklisted),
             )
             # the model reads the patient's history before this settlement joins it
@@ -176,7 +195,7 @@ def score(
             hits = (
                 rule_hits(executions)
                 + model_hits(lowered(signal, bar))
-                + watch_hits(conn, view, watch_review_threshold * bar)
+                + watchlist.hits_of(known["watched"], view, watch_review_threshold * bar)
                 + credit_hits(standing, settlement.settlement_id)
             )
             decision, risk = decide(hits, signal)
@@ -211,35 +230,36 @@ def score(
             )
             body = orjson.dumps(answer.model_dump(mode="json"))
             conn.execute(
-                insert(decisions).values(
-                    settlement_id=settlement.settlement_id,
-                    institution_id=settlement.institution_id,
-                    patient_id=settlement.patient.patient_id,
-                    settled_at=settlement.settled_at,
-                    decision=decision.value,
-                    risk_score=risk,
-                    request_sha256=hashlib.sha256(raw_body).hexdigest(),
-                    response=body.decode(),
-                    latency_us=int((time.perf_counter() - started) * 1e6),
-                    decided_at=datetime.now(UTC),
-                    rulebase_version=rulebase.version,
-                    rulebase_sha256=rulebase.checksum,
-                    model_name=signal.name,
-                    model_version=signal.version,
-                    model_score=None if signal.score is None else round(signal.score, 4),
-                    feature_set=SETTLEMENT_FEATURES.tag if signal.name else None,
-                    degraded=signal.degraded,
-                    degraded_reason=signal.reason,
-                    challenger_version=signal.challenger_version,
-                    challenger_score=None
+                _NEW_DECISION,
+                {
+                    "settlement_id": settlement.settlement_id,
+                    "institution_id": settlement.institution_id,
+                    "patient_id": settlement.patient.patient_id,
+                    "settled_at": settlement.settled_at,
+                    "decision": decision.value,
+                    "risk_score": risk,
+                    "request_sha256": hashlib.sha256(raw_body).hexdigest(),
+                    "response": body.decode(),
+                    "latency_us": int((time.perf_counter() - started) * 1e6),
+                    "decided_at": datetime.now(UTC),
+                    "rulebase_version": rulebase.version,
+                    "rulebase_sha256": rulebase.checksum,
+                    "model_name": signal.name,
+                    "model_version": signal.version,
+                    "model_score": None if signal.score is None else round(signal.score, 4),
+                    "feature_set": SETTLEMENT_FEATURES.tag if signal.name else None,
+                    "degraded": signal.degraded,
+                    "degraded_reason": signal.reason,
+                    "challenger_version": signal.challenger_version,
+                    "challenger_score": None
                     if signal.challenger_score is None
                     else round(signal.challenger_score, 4),
-                    doctor_id=settlement.doctor_id,
-                    fund_paid=settlement.fund_paid,
-                )
+                    "doctor_id": settlement.doctor_id,
+                    "fund_paid": settlement.fund_paid,
+                },
             )
             conn.execute(
-                insert(rule_executions),
+                _NEW_EXECUTIONS[conn.dialect.name],
                 [
                     {
                         "settlement_id": settlement.settlement_id,
@@ -256,7 +276,7 @@ def score(
                 model_score=signal.score,
             )  # fmt: skip
             if credit is not None:  # last: the account rows stay locked until the commit
-                apply_decision(
+                credit_accounts.apply_decision(
                     conn,
                     credit,
                     settlement_id=settlement.settlement_id,

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select
 
@@ -105,7 +105,7 @@ def replace(conn: Connection, watched: Sequence[Watched]) -> int:
     return len(watched)
 
 
-_LOOKUP: Final = select(
+LOOKUP: Final = select(
     watchlist.c.pattern, watchlist.c.scope, watchlist.c.score, watchlist.c.flag_id
 ).where(
     or_(
@@ -118,11 +118,19 @@ _LOOKUP: Final = select(
 )
 
 
+"""The watch-list entries of a settlement's patient and institution (binds ``patient`` and
+``institution``)."""
+
+
 def watch_hits(conn: Connection, view: SettlementView, review_threshold: float) -> list[HitOut]:
     """The watch list's hits on ``view``: one per entry that applies to it."""
-    rows = conn.execute(
-        _LOOKUP, {"patient": view.patient_id, "institution": view.institution_id}
-    ).all()
+    rows = conn.execute(LOOKUP, {"patient": view.patient_id, "institution": view.institution_id})
+    return hits_of(rows, view, review_threshold)
+
+
+def hits_of(rows: Iterable[Any], view: SettlementView, review_threshold: float) -> list[HitOut]:
+    """The hits on ``view`` of the entries ``LOOKUP`` read (rows with ``pattern``, ``scope``,
+    ``score`` and ``flag_id``): one per entry that applies to it."""
     hits = []
     for row in rows:
         if not _applies(row.pattern, row.scope, view):

@@ -20,17 +20,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import BindParameter, Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from traceability.checks import CHECKS, CodeFacts, StockEvent, TracePattern
 from traceability.codes import InvalidTraceCode, TraceCode, try_parse_trace_code
 from traceability.store import (
+    DIALECTS,
+    MergedRead,
     dialect_insert,
     drugs,
     ledger_codes,
     ledger_entries,
+    many_rows,
+    one_of,
     products,
     stock_events,
 )
@@ -85,30 +90,80 @@ def _units(line: DrugLine, pack_units: int | None) -> Decimal:
 
 
 # The statements of the hot path, built once: a settlement only binds its values.
-_CODES: BindParameter[str] = bindparam("codes", expanding=True)
-_PRODUCT_DRUGS = select(products.c.product_code, products.c.drug_code).where(
-    products.c.product_code.in_(bindparam("products", expanding=True))
+_FACTS = MergedRead(
+    lambda dialect: {
+        "product": select(products.c.product_code, products.c.drug_code).where(
+            one_of(products.c.product_code, "products", dialect)
+        ),
+        "pack": select(drugs.c.drug_code, drugs.c.pack_units).where(
+            one_of(drugs.c.drug_code, "drugs", dialect)
+        ),
+        "own": select(
+            ledger_entries.c.line_no,
+            ledger_entries.c.position,
+            ledger_entries.c.canonical_code,
+            ledger_entries.c.units,
+            ledger_entries.c.split_sale,
+        ).where(
+            and_(
+                ledger_entries.c.settlement_id == bindparam("settlement"),
+                ledger_entries.c.released_at.is_(None),
+            )
+        ),
+        "stock": select(
+            stock_events.c.canonical_code,
+            stock_events.c.event_type,
+            stock_events.c.event_at,
+            stock_events.c.id,
+        ).where(
+            and_(
+                one_of(stock_events.c.canonical_code, "codes", dialect),
+                stock_events.c.institution_id == bindparam("institution"),
+                stock_events.c.event_at <= bindparam("at"),
+            )
+        ),
+    }
 )
-_PACK_UNITS = select(drugs.c.drug_code, drugs.c.pack_units).where(
-    drugs.c.drug_code.in_(bindparam("drugs", expanding=True))
-)
-_BALANCES = select(ledger_codes).where(ledger_codes.c.canonical_code.in_(_CODES))
-_BALANCES_LOCKED = _BALANCES.order_by(ledger_codes.c.canonical_code).with_for_update()
-_NEW_CODES = {
-    "postgresql": postgresql.insert(ledger_codes).on_conflict_do_nothing(),
-    "sqlite": sqlite.insert(ledger_codes).on_conflict_do_nothing(),
-}
-_LAST_EVENTS = (
-    select(stock_events.c.canonical_code, stock_events.c.event_type)
-    .where(
-        and_(
-            stock_events.c.canonical_code.in_(_CODES),
-            stock_events.c.institution_id == bindparam("institution"),
-            stock_events.c.event_at <= bindparam("at"),
-        )
+"""The facts of one settlement's codes that no lock guards, in one statement: each code's
+product and the drug it is (``product``), the billed drugs' pack sizes (``pack``), the
+codes this settlement already holds (``own``: loaded with its history, say) and the
+institution's supply-chain events of the codes up to the sale (``stock``)."""
+
+
+def _lock_statement(dialect: str) -> Any:
+    """Create the missing ledger rows and lock them all, answering their balances: one
+    ``INSERT … ON CONFLICT DO UPDATE … RETURNING``. The no-op update of an existing row
+    takes its row lock (PostgreSQL waits for a concurrent holder, then answers the row as
+    that holder committed it), so the rows are created, locked and read in one round trip,
+    in the order given (code order: no deadlocks)."""
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ledger_codes)
+    return statement.on_conflict_do_update(
+        index_elements=[ledger_codes.c.canonical_code],
+        set_={"full_units": ledger_codes.c.full_units},
+    ).returning(
+        ledger_codes.c.canonical_code, ledger_codes.c.full_units, ledger_codes.c.split_units
     )
-    .order_by(stock_events.c.event_at, stock_events.c.id)
-)
+
+
+def _balance_statement(dialect: str) -> Any:
+    """Store codes' new outstanding units (their rows exist and are locked): one
+    ``INSERT … ON CONFLICT DO UPDATE`` for all the rows (``many_rows``)."""
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ledger_codes)
+    return many_rows(
+        statement.on_conflict_do_update(
+            index_elements=[ledger_codes.c.canonical_code],
+            set_={
+                "full_units": statement.excluded.full_units,
+                "split_units": statement.excluded.split_units,
+            },
+        ),
+        ledger_codes.c.canonical_code,
+    )[dialect]
+
+
+_LOCK = {d: _lock_statement(d) for d in DIALECTS}
+_BALANCES = {d: _balance_statement(d) for d in DIALECTS}
+_NEW_ENTRIES = many_rows(insert(ledger_entries), ledger_entries.c.position)
 _HOLDERS = (
     select(ledger_entries.c.settlement_id)
     .where(
@@ -119,12 +174,6 @@ _HOLDERS = (
     )
     .distinct()
 )
-_BALANCE_UPDATE = (
-    update(ledger_codes)
-    .where(ledger_codes.c.canonical_code == bindparam("code"))
-    .values(full_units=bindparam("full"), split_units=bindparam("split"))
-)
-_NEW_ENTRIES = insert(ledger_entries)
 _OWN_ENTRIES = select(ledger_entries).where(
     and_(
         ledger_entries.c.settlement_id == bindparam("settlement"),
@@ -134,32 +183,19 @@ _OWN_ENTRIES = select(ledger_entries).where(
 
 
 def _lock_codes(conn: Connection, canonicals: Sequence[str]) -> dict[str, tuple[Decimal, Decimal]]:
-    """Create missing ledger rows and lock them all, in code order (no deadlocks).
+    """Create missing ledger rows and lock them all, in code order (no deadlocks), and
+    answer their balances.
 
-    On PostgreSQL ``SELECT … FOR UPDATE`` holds the rows; on SQLite the write transaction
+    On PostgreSQL the upsert's row locks hold the rows; on SQLite the write transaction
     (``BEGIN IMMEDIATE``) already serialises writers.
     """
     if not canonicals:
         return {}
-    postgres = conn.dialect.name == "postgresql"
-    conn.execute(
-        _NEW_CODES["postgresql" if postgres else "sqlite"],
-        [{"canonical_code": c, "full_units": 0, "split_units": 0} for c in canonicals],
+    rows = conn.execute(
+        _LOCK[conn.dialect.name],
+        [{"canonical_code": c, "full_units": 0, "split_units": 0} for c in sorted(canonicals)],
     )
-    rows = conn.execute(_BALANCES_LOCKED if postgres else _BALANCES, {"codes": list(canonicals)})
     return {r.canonical_code: (Decimal(r.full_units), Decimal(r.split_units)) for r in rows}
-
-
-def _last_stock_events(
-    conn: Connection, institution_id: str, canonicals: Sequence[str], at: datetime
-) -> dict[str, str]:
-    if not canonicals:
-        return {}
-    last: dict[str, str] = {}
-    params = {"codes": list(canonicals), "institution": institution_id, "at": at}
-    for row in conn.execute(_LAST_EVENTS, params):
-        last[row.canonical_code] = row.event_type
-    return last
 
 
 def check_codes(
@@ -187,29 +223,30 @@ def check_codes(
     }
     canonicals = sorted({p.canonical for p in parsed.values() if isinstance(p, TraceCode)})
     product_codes = sorted({p.product_code for p in parsed.values() if isinstance(p, TraceCode)})
-    product_drugs: dict[str, str] = (
+    known = _FACTS.read(
+        conn,
         {
-            r.product_code: r.drug_code
-            for r in conn.execute(_PRODUCT_DRUGS, {"products": product_codes})
-        }
-        if product_codes
-        else {}
+            "products": product_codes,
+            "drugs": sorted({line.item_code for line in lines}),
+            "settlement": settlement_id,
+            "codes": canonicals,
+            "institution": institution_id,
+            "at": settled_at,
+        },
     )
-    item_codes = sorted({line.item_code for line in lines})
-    packs: dict[str, int] = {
-        r.drug_code: r.pack_units for r in conn.execute(_PACK_UNITS, {"drugs": item_codes})
+    product_drugs = {r.product_code: r.drug_code for r in known["product"]}
+    packs: dict[str, int] = {r.drug_code: r.pack_units for r in known["pack"]}
+    last_events = {  # each code's last event at or before the sale (ties: the later one)
+        r.canonical_code: r.event_type
+        for r in sorted(known["stock"], key=lambda r: (r.event_at, r.id))
     }
     locked = _lock_codes(conn, canonicals)
     # A settlement already in the ledger (loaded with its history, say) is judged without
     # its own units, and consuming again adds nothing: it holds what it held.
-    held = {
-        (e.line_no, e.position): e
-        for e in conn.execute(_OWN_ENTRIES, {"settlement": settlement_id})
-    }
+    held = {(e.line_no, e.position): e for e in known["own"]}
     balances = dict(locked)
     for e in held.values():
         _add(balances, e.canonical_code, -Decimal(e.units), split_sale=e.split_sale)
-    last_events = _last_stock_events(conn, institution_id, canonicals, settled_at)
 
     hits: list[CodeCheckHit] = []
     sales: list[_Sale] = []
@@ -309,7 +346,7 @@ def _consume(
     if not sales:
         return
     conn.execute(
-        _NEW_ENTRIES,
+        _NEW_ENTRIES[conn.dialect.name],
         [
             {
                 "settlement_id": settlement_id,
@@ -328,11 +365,11 @@ def _consume(
 
 
 def _write_balances(conn: Connection, balances: dict[str, tuple[Decimal, Decimal]]) -> None:
-    """Store the codes' new outstanding units, in one round trip (executemany)."""
+    """Store the codes' new outstanding units, in one statement."""
     conn.execute(
-        _BALANCE_UPDATE,
+        _BALANCES[conn.dialect.name],
         [
-            {"code": code, "full": full, "split": split}
+            {"canonical_code": code, "full_units": full, "split_units": split}
             for code, (full, split) in sorted(balances.items())
         ],
     )

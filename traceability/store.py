@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Final
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     DateTime,
@@ -26,9 +30,18 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql import CompoundSelect, Select
 from sqlalchemy.types import TypeDecorator
 
 metadata: Final = MetaData()
@@ -141,3 +154,99 @@ def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], key: str)
         rows,
     )
     return len(rows)
+
+
+DIALECTS: Final = ("postgresql", "sqlite")
+"""The store's dialects: statements built per dialect are built for these."""
+
+
+def many_rows(statement: Any, column: Any) -> dict[str, Any]:
+    """``statement`` (an ``INSERT``) per dialect, for many rows in one execution: on
+    PostgreSQL with ``RETURNING column``, which makes SQLAlchemy send the rows as one
+    multi-row ``INSERT`` ("insertmanyvalues", one round trip) instead of psycopg's
+    executemany (a statement per row); on SQLite as it is (the driver's executemany, a
+    loop in C with no round trip to save)."""
+    return {"postgresql": statement.returning(column), "sqlite": statement}
+
+
+def one_of(column: Any, name: str, dialect: str) -> Any:
+    """``column IN`` the list bound to ``name``, as one fixed statement text whatever the
+    list's length: ``= ANY(array)`` on PostgreSQL, ``IN (SELECT value FROM json_each(…))`` on
+    SQLite. (An expanding ``IN`` renders a new text for every length: SQLAlchemy rewrites
+    the statement on each execution, and neither psycopg's prepared statements nor
+    SQLite's statement cache can keep it.)"""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
+    values = func.json_each(bindparam(name, type_=JSON)).table_valued("value")
+    return column.in_(select(values.c.value).scalar_subquery())
+
+
+def _picker(positions: list[int]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values at ``positions`` of a row, as a tuple."""
+    if len(positions) == 1:
+        (only,) = positions
+        return lambda row: (row[only],)
+    pick: Callable[[Any], tuple[Any, ...]] = itemgetter(*positions)
+    return pick
+
+
+class MergedRead:
+    """Several small reads sent as one statement (one round trip): ``UNION ALL`` of named
+    parts, each part a plain ``SELECT`` (no ``ORDER BY``).
+
+    Every row carries its part's name; each part's columns sit in typed slots that parts
+    share by type (a slot is NULL, cast to its type, in the rows of a part that does not
+    use it), so each value is read back through its own column type, exactly as the part
+    alone would give it. ``read`` answers the rows of each part as named tuples. ``parts``
+    may depend on the dialect (``one_of``); the statement is built once per dialect at
+    import, and SQLAlchemy compiles it once and caches it.
+    """
+
+    def __init__(
+        self, parts: Mapping[str, Select[Any]] | Callable[[str], Mapping[str, Select[Any]]]
+    ) -> None:
+        self.statements = {
+            dialect: self._merge(parts(dialect) if callable(parts) else parts)
+            for dialect in DIALECTS
+        }
+
+    def _merge(self, parts: Mapping[str, Select[Any]]) -> CompoundSelect[Any]:
+        slots: list[tuple[str, Any]] = []  # (type key, type)
+        placed: dict[str, list[int]] = {}
+        for name, part in parts.items():
+            taken: list[int] = []
+            for column in part.selected_columns:
+                key = repr(column.type)
+                free = [i for i, (k, _) in enumerate(slots) if k == key and i not in taken]
+                if not free:
+                    slots.append((key, column.type))
+                    free = [len(slots) - 1]
+                taken.append(free[0])
+            placed[name] = taken
+        self._shape: dict[str, tuple[Callable[[Any], Any], Any]] = {}
+        branches = []
+        for name, part in parts.items():
+            keys = [str(column.key) for column in part.selected_columns]
+            positions = [1 + i for i in placed[name]]
+            shape = namedtuple(f"{name.title()}Row", keys, rename=True)  # type: ignore[misc]
+            self._shape[name] = (_picker(positions), shape)
+            own = dict(zip(placed[name], part.selected_columns, strict=True))
+            branches.append(
+                part.with_only_columns(
+                    literal(name, String).label("part"),
+                    *(
+                        (own[i] if i in own else cast(null(), type_)).label(f"c{i}")
+                        for i, (_, type_) in enumerate(slots)
+                    ),
+                    maintain_column_froms=True,
+                )
+            )
+        return union_all(*branches)
+
+    def read(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, list[Any]]:
+        """The rows of every part (an empty list for a part without rows)."""
+        rows: dict[str, list[Any]] = {name: [] for name in self._shape}
+        for row in conn.execute(self.statements[conn.dialect.name], params):
+            values, shape = self._shape[row[0]]
+            rows[row[0]].append(shape._make(values(row)))
+        return rows
