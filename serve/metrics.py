@@ -1,21 +1,49 @@
-"""Prometheus metrics of one scorer process (``GET /metrics``).
+"""Prometheus metrics of the scorer (``GET /metrics``).
 
-Requests and their latency by route, decisions by outcome, rule hits by rule, answers
-given degraded (without the model) and repeated requests answered from the store. Each app
-has a registry of its own (no module-level state), so tests and several apps in one
-process never share counters. With several worker processes, each answers for itself.
+Requests and their latency by route, requests in flight, decisions by outcome, rule hits
+by rule, answers given degraded (without the model), repeated requests answered from the
+store, and the worker processes serving.
+
+One process: each app has a registry of its own (no module-level state), so tests and
+several apps in one process never share counters.
+
+Several worker processes (``fundguard serve --workers N``, N > 1): prometheus_client's
+multiprocess mode. ``fundguard serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before the workers start (:func:`multiprocess_directory`); each worker writes
+its values to files there, and a scrape, whichever worker answers it, merges every
+worker's files (``MultiProcessCollector``): counters and histograms add up over the
+workers, including workers that have exited (a counter never goes back); the gauges say
+how they combine (``multiprocess_mode``: the live workers' sum). A worker that exits
+removes its live gauges (``mark_process_dead``); one killed outright is swept at the
+next scrape.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import Request
 from starlette.responses import Response
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+_VALUE_FILE = re.compile(r"(counter|gauge_\w+|histogram|summary)_\d+\.db")
+
+
+def multiprocess_dir() -> Path | None:
+    """The directory of the workers' metric files, when several workers share the metrics."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return Path(path) if path else None
 
 
 class Metrics:
@@ -28,6 +56,14 @@ class Metrics:
         self.latency = Histogram(
             "fundguard_request_seconds", "time to answer a request", ["route", "method"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "fundguard_requests_in_flight", "requests being answered, over the live workers",
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.workers = Gauge(
+            "fundguard_workers", "worker processes serving (live ones, over all workers)",
+            registry=self.registry, multiprocess_mode="livesum",
         )  # fmt: skip
         self.decisions = Counter(
             "fundguard_decisions", "settlements answered, by decision", ["decision"],
@@ -45,15 +81,37 @@ class Metrics:
             "fundguard_rule_hits", "rule hits in answers, by rule", ["rule_id", "action"],
             registry=self.registry,
         )  # fmt: skip
+        self.workers.set(1)
+        self._shared = multiprocess_dir()
+
+    def leave(self) -> None:
+        """This worker stops serving (the app's shutdown): with several workers, its live
+        gauges are removed (``mark_process_dead``). uvicorn re-raises the stop signal once
+        the app has shut down, so no exit hook would run; a worker killed outright is swept
+        at the next scrape instead."""
+        self.workers.set(0)
+        if self._shared is not None:
+            mark_process_dead(os.getpid(), str(self._shared))  # type: ignore[no-untyped-call]
 
     def exposition(self) -> Response:
-        return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4")
+        """The text exposition: this process's registry, or, with several workers, every
+        worker's values merged."""
+        if self._shared is None:
+            return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4")
+        _sweep_dead_workers(self._shared)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self._shared))  # type: ignore[no-untyped-call]
+        return Response(generate_latest(merged), media_type="text/plain; version=0.0.4")
 
     async def middleware(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        self.in_flight.inc()
+        try:
+            response = await call_next(request)
+        finally:
+            self.in_flight.dec()
         route = _route(request)
         self.latency.labels(route, request.method).observe(time.perf_counter() - started)
         self.requests.labels(route, request.method, str(response.status_code)).inc()
@@ -66,3 +124,49 @@ def _route(request: Request) -> str:
     request's scope."""
     route = request.scope.get("route")
     return str(getattr(route, "path", None) or "unmatched")
+
+
+def _sweep_dead_workers(path: Path) -> None:
+    """``mark_process_dead`` for workers that died without exiting (SIGKILL, out of
+    memory): their live gauges would otherwise count for ever. Their counters stay."""
+    pids = {int(m.group(1)) for f in path.iterdir() if (m := _LIVE_GAUGE_FILE.fullmatch(f.name))}
+    for pid in pids:
+        if not _alive(pid):
+            mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextmanager
+def multiprocess_directory(workers: int) -> Iterator[Path | None]:
+    """Around a server of ``workers`` processes: with more than one, the directory their
+    metrics share, set in ``PROMETHEUS_MULTIPROC_DIR`` for the workers to inherit. A fresh
+    temporary one (removed on the way out), unless the variable is already set; then that
+    directory is used and the metric files a previous run left in it are removed first
+    (prometheus_client requires it to start empty)."""
+    if workers <= 1:
+        yield None
+        return
+    given = multiprocess_dir()
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        for f in given.iterdir():
+            if _VALUE_FILE.fullmatch(f.name):
+                f.unlink()
+        yield given
+        return
+    fresh = Path(tempfile.mkdtemp(prefix="fundguard-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(fresh)
+    try:
+        yield fresh
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(fresh, ignore_errors=True)

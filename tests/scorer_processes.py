@@ -41,14 +41,31 @@ class Scorer:
 
 
 def start_scorer(
-    store_url: str, data_dir: Path, *, workers: int = 1, port: int | None = None
+    store_url: str,
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    port: int | None = None,
+    cli: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Scorer:
-    env = {**os.environ, "FUNDGUARD_DATABASE_URL": store_url, "FUNDGUARD_DATA_DIR": str(data_dir)}
+    """``cli``: run ``fundguard serve`` (as in production) rather than uvicorn itself;
+    ``env``: more environment variables for the server."""
+    env = {
+        **os.environ,
+        "FUNDGUARD_DATABASE_URL": store_url,
+        "FUNDGUARD_DATA_DIR": str(data_dir),
+        **(env or {}),
+    }
     port = port or free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "serve.app:app_from_environment", "--factory",
-        "--port", str(port), "--log-level", "warning",
-    ]  # fmt: skip
+    if cli:
+        fundguard = str(Path(sys.executable).parent / "fundguard")
+        command = [fundguard, "serve", "--port", str(port), "--log-level", "warning"]
+    else:
+        command = [
+            sys.executable, "-m", "uvicorn", "serve.app:app_from_environment", "--factory",
+            "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
     if workers > 1:
         command += ["--workers", str(workers)]
     scorer = Scorer(subprocess.Popen(command, env=env), f"http://127.0.0.1:{port}")
