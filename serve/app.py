@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import (
@@ -60,6 +61,7 @@ from serve.schemas import (
 )
 from serve.settings import Settings
 from serve.store import create_store_engine
+from serve.web import routes as web_pages
 from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 
@@ -140,6 +142,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             yield
         finally:
             follow.cancel()
+            metrics.leave()  # several workers: this one's live gauges stop counting
             if own:
                 app.state.engine.dispose()
 
@@ -337,6 +340,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         status: CaseStatus | None = None,
         region: Annotated[str | None, Query(pattern=r"^\d{6}$")] = None,
         pattern: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
+        institution: Annotated[
+            str | None,
+            Query(min_length=1, max_length=64, description="cases concerning this institution"),
+        ] = None,
+        min_amount_at_risk: Annotated[
+            Decimal | None,
+            Query(ge=0, max_digits=18, decimal_places=2, description="the least amount at risk"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> list[CaseOut]:
@@ -346,6 +357,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         with request.app.state.engine.connect() as conn:
             return cases.queue(
                 conn, regions=regions, status=status, region=region, pattern=pattern,
+                institution=institution, min_amount_at_risk=min_amount_at_risk,
                 limit=limit, offset=offset,
             )  # fmt: skip
 
@@ -472,6 +484,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         return Response(status_code=204)
 
     app.include_router(api)
+    web_pages.install(app, settings)  # the inspectors' pages under /ui (not in the OpenAPI)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus() -> Response:

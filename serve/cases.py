@@ -8,13 +8,19 @@ and moves credit.
   derived from the entity and the flag id from its pattern and entity, so screening the
   same history twice, or screening a settlement the scorer already filed, adds nothing
   twice. A new flag on a closed case reopens it (``in_review``): there is new evidence.
-- **Priority** is the expected loss: ``probability x amount_at_risk``. A flag's
-  probability is its score: 1.0 for the deterministic rules (a code already settled, a
-  restriction broken), the model's score (scaled to [0, 1] by training-score quantiles,
-  or the calibrated score of the supervised model) for model and graph flags. A case's
-  probability combines its flags as independent evidence (noisy-OR,
-  ``1 - prod(1 - p)``); its amount at risk is the largest of its flags' (the flags of one
-  entity describe overlapping money: the same lines, the same sales), never their sum.
+- **Priority** is the expected loss: ``probability x amount_at_risk``. A flag's score
+  is 1.0 for the deterministic rules (a code already settled, a restriction broken), the
+  model's score (scaled to [0, 1] by training-score quantiles, or the calibrated score of
+  the supervised model) for model and graph flags. Its probability is that score
+  calibrated by the inspectors' verdicts on the flags of its pattern (and score bin, where
+  a pattern has enough verdicts; ``recalibrate``, ``fundguard cases recalibrate``): the
+  mean of a Beta prior centred on the score, worth ``PRIOR_STRENGTH`` (10) verdicts,
+  updated by the verdicts, so a pattern with few verdicts keeps its score and one that
+  inspectors keep dismissing sinks. A case's probability combines its flags as
+  independent evidence (noisy-OR, ``1 - prod(1 - p)``); its amount at risk is the largest
+  of its flags' (the flags of one entity describe overlapping money: the same lines, the
+  same sales), never their sum. Filing applies the calibration in the store;
+  ``recalibrate`` refits it and re-prioritises the open cases.
 - **Workflow.** ``new -> in_review -> confirmed | dismissed``; ``in_review -> new`` gives
   a case back to the queue; a closed case is reopened to ``in_review``. Anything else is
   an :class:`IllegalTransition` (HTTP 409). A verdict may be recorded on a ``new`` or
@@ -45,7 +51,19 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from features.flags import Flag, GroupMember
 from features.store import patient_visits
@@ -69,7 +87,16 @@ from serve.schemas import (
     TraceCodeOut,
     TraceStepOut,
 )
-from serve.tables import case_events, case_flags, cases, decisions, institutions, labels, patients
+from serve.tables import (
+    calibration,
+    case_events,
+    case_flags,
+    cases,
+    decisions,
+    institutions,
+    labels,
+    patients,
+)
 from traceability.codes import TraceCode, canonicalize_codes
 from traceability.store import dialect_insert, ledger_entries, stock_events
 
@@ -93,6 +120,8 @@ class EventKind(StrEnum):
     NOTE = "note"
     VERDICT = "verdict"
     REOPENED = "reopened"
+    REVEAL = "reveal"
+    """An inspector asked to see the case's patient identifiers unmasked (web pages)."""
 
 
 class UnknownCase(LookupError):
@@ -364,25 +393,57 @@ def _event(
     }
 
 
-def _refresh(conn: Connection, case_ids: Sequence[str], now: datetime, reopen: set[str]) -> None:
+def _refresh(
+    conn: Connection,
+    case_ids: Sequence[str],
+    now: datetime,
+    reopen: set[str],
+    *,
+    only_changed: bool = False,
+) -> int:
     """Recompute the patterns, probability, amount and priority of ``case_ids`` from their
-    flags (and reopen the closed ones in ``reopen``)."""
-    flags: dict[str, list[Any]] = {}
+    flags, each flag's probability calibrated by the verdicts (the stored calibration of its
+    pattern, read with the flags in one statement: filing an online decision's case costs
+    no extra round trip), and reopen the closed ones in ``reopen``. ``only_changed``: leave a case whose figures
+    stay the same untouched (its ``updated_at`` too). How many cases were written."""
+    flags: dict[str, dict[str, Any]] = {}
+    bins: dict[str, dict[Decimal, CalibrationBin]] = {}
+    current: dict[str, Any] = {}
+    k = calibration.c
+    with_bins = select(  # a flag with each calibration bin of its pattern: one statement
+        _F.case_id, _F.flag_id, _F.pattern, _F.score, _F.amount_at_risk,
+        k.bin_low, k.bin_high, k.verdicts, k.confirmed, k.prior_strength,
+    ).select_from(case_flags.outerjoin(calibration, k.pattern == _F.pattern))  # fmt: skip
     for chunk in _chunks(case_ids):
-        for r in conn.execute(
-            select(_F.case_id, _F.pattern, _F.score, _F.amount_at_risk).where(_F.case_id.in_(chunk))
-        ):
-            flags.setdefault(r.case_id, []).append(r)
+        for r in conn.execute(with_bins.where(_F.case_id.in_(chunk))):
+            flags.setdefault(r.case_id, {})[r.flag_id] = r
+            if r.bin_low is not None:
+                bins.setdefault(r.pattern, {})[Decimal(r.bin_low)] = _bin(r)
+        if only_changed:
+            query = select(_C.case_id, _C.patterns, _C.probability, _C.amount_at_risk, _C.priority)
+            current.update((r.case_id, r) for r in conn.execute(query.where(_C.case_id.in_(chunk))))
+    fitted = Calibration({p: tuple(b[low] for low in sorted(b)) for p, b in bins.items()})
     rows = []
     for case_id in case_ids:
-        of_case = flags.get(case_id, [])
+        of_case = list(flags.get(case_id, {}).values())
         probability, amount, priority = expected_loss(
-            (Decimal(r.score), Decimal(r.amount_at_risk)) for r in of_case
+            (fitted.probability(r.pattern, Decimal(r.score)), Decimal(r.amount_at_risk))
+            for r in of_case
         )
+        patterns = "|".join(sorted({r.pattern for r in of_case}))
+        was = current.get(case_id)
+        if (
+            was is not None
+            and case_id not in reopen
+            and (was.patterns, Decimal(was.probability), Decimal(was.amount_at_risk))
+            == (patterns, probability, amount)
+            and Decimal(was.priority) == priority
+        ):
+            continue
         rows.append(
             {
                 "b_case_id": case_id,
-                "b_patterns": "|".join(sorted({r.pattern for r in of_case})),
+                "b_patterns": patterns,
                 "b_probability": probability,
                 "b_amount": amount,
                 "b_priority": priority,
@@ -407,6 +468,237 @@ def _refresh(conn: Connection, case_ids: Sequence[str], now: datetime, reopen: s
             update(cases).where(where).values(values | {"status": CaseStatus.IN_REVIEW.value}),
             again,
         )
+    return len(rows)
+
+
+# --- probabilities calibrated by the verdicts -----------------------------------------------
+
+PRIOR_STRENGTH: Final = 10
+"""The Beta prior's weight, in verdicts: a flag's own score counts as this many verdicts
+at that rate, so a pattern with few verdicts keeps (nearly) its score."""
+MIN_BIN_VERDICTS: Final = 30
+"""A pattern's flags are split by score only into bins of at least this many verdicts."""
+MAX_BINS: Final = 4
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    """The verdicts on the flags of one pattern scoring from ``low`` on (up to the next
+    bin's ``low``; ``high`` is the top score that fell in it when fitted)."""
+
+    pattern: str
+    low: Decimal
+    high: Decimal
+    verdicts: int
+    confirmed: int
+    prior_strength: Decimal
+
+    def probability(self, score: Decimal) -> Decimal:
+        """The posterior mean of a Beta(prior x score, prior x (1 - score)) prior on the
+        flag's chance of being confirmed after this bin's verdicts: (prior x score +
+        confirmed) / (prior + verdicts)."""
+        score = min(max(score, Decimal(0)), Decimal(1))
+        chance = (self.prior_strength * score + self.confirmed) / (
+            self.prior_strength + self.verdicts
+        )
+        return chance.quantize(UNIT)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A pattern's bins, lowest first; a pattern without verdicts keeps its scores."""
+
+    bins: dict[str, tuple[CalibrationBin, ...]]
+
+    def bin_of(self, pattern: str, score: Decimal) -> CalibrationBin | None:
+        found = None
+        for b in self.bins.get(pattern, ()):
+            if found is None or score >= b.low:
+                found = b
+        return found
+
+    def probability(self, pattern: str, score: Decimal) -> Decimal:
+        """The flag's calibrated probability of being confirmed."""
+        found = self.bin_of(pattern, score)
+        if found is None:
+            return min(max(score, Decimal(0)), Decimal(1)).quantize(UNIT)
+        return found.probability(score)
+
+
+def load_calibration(conn: Connection, patterns: Iterable[str] | None = None) -> Calibration:
+    """The calibration in the store (of ``patterns`` only, when given)."""
+    k = calibration.c
+    query = select(calibration).order_by(k.pattern, k.bin_low)
+    if patterns is not None:
+        wanted = sorted(set(patterns))
+        if not wanted:
+            return Calibration({})
+        query = query.where(k.pattern.in_(wanted))
+    bins: dict[str, list[CalibrationBin]] = {}
+    for r in conn.execute(query):
+        bins.setdefault(r.pattern, []).append(_bin(r))
+    return Calibration({p: tuple(b) for p, b in bins.items()})
+
+
+def _bin(row: Any) -> CalibrationBin:
+    """A stored calibration bin (a row with the ``calibration`` table's columns)."""
+    return CalibrationBin(
+        pattern=row.pattern,
+        low=Decimal(row.bin_low),
+        high=Decimal(row.bin_high),
+        verdicts=int(row.verdicts),
+        confirmed=int(row.confirmed),
+        prior_strength=Decimal(row.prior_strength),
+    )
+
+
+def _bins(
+    pattern: str,
+    verdicts: Sequence[tuple[Decimal, int]],
+    *,
+    prior_strength: Decimal,
+    min_bin_verdicts: int,
+    max_bins: int,
+) -> list[CalibrationBin]:
+    """One pattern's bins: as many as ``max_bins`` of about equal counts of its (score,
+    label) verdicts where each holds ``min_bin_verdicts``, else one; ties never split."""
+    ordered = sorted(verdicts)
+    wanted = max(1, min(max_bins, len(ordered) // max(min_bin_verdicts, 1)))
+    lows = sorted(
+        {ordered[len(ordered) * j // wanted][0] for j in range(1, wanted)} - {ordered[0][0]}
+    )
+    groups: list[list[tuple[Decimal, int]]] = [[] for _ in range(len(lows) + 1)]
+    for score, label in ordered:
+        groups[sum(1 for low in lows if score >= low)].append((score, label))
+    merged: list[list[tuple[Decimal, int]]] = []
+    for group in groups:  # a bin thinner than the minimum (ties) joins the one below
+        if merged and (len(group) < min_bin_verdicts or len(merged[-1]) < min_bin_verdicts):
+            merged[-1].extend(group)
+        else:
+            merged.append(group)
+    return [
+        CalibrationBin(
+            pattern=pattern,
+            low=Decimal(0) if i == 0 else group[0][0],
+            high=group[-1][0],
+            verdicts=len(group),
+            confirmed=sum(label for _, label in group),
+            prior_strength=prior_strength,
+        )
+        for i, group in enumerate(merged)
+        if group
+    ]
+
+
+def fit_calibration(
+    verdicts: Iterable[tuple[str, Decimal, int]],
+    *,
+    prior_strength: int | Decimal = PRIOR_STRENGTH,
+    min_bin_verdicts: int = MIN_BIN_VERDICTS,
+    max_bins: int = MAX_BINS,
+) -> Calibration:
+    """The calibration of (pattern, flag score, label) verdicts: per pattern, and per score
+    bin where a pattern has enough verdicts (:func:`_bins`)."""
+    strength = Decimal(prior_strength)
+    if strength <= 0:
+        raise ValueError(f"prior_strength {prior_strength}: a positive number of verdicts")
+    if min_bin_verdicts < 1 or max_bins < 1:
+        raise ValueError(f"min_bin_verdicts {min_bin_verdicts}, max_bins {max_bins}: at least 1")
+    by_pattern: dict[str, list[tuple[Decimal, int]]] = {}
+    for pattern, score, label in verdicts:
+        if label not in (0, 1):
+            raise ValueError(f"label {label!r} of pattern {pattern}: 0 or 1")
+        by_pattern.setdefault(pattern, []).append((Decimal(score), int(label)))
+    return Calibration(
+        {
+            p: tuple(
+                _bins(
+                    p,
+                    v,
+                    prior_strength=strength,
+                    min_bin_verdicts=min_bin_verdicts,
+                    max_bins=max_bins,
+                )
+            )
+            for p, v in sorted(by_pattern.items())
+        }
+    )
+
+
+def verdicts_by_flag(conn: Connection) -> list[tuple[str, Decimal, int]]:
+    """(pattern, flag score, label) of every flag with a verdict: the ``labels`` the cases'
+    verdicts wrote, with the score of the flag of that pattern in that case."""
+    rows = conn.execute(
+        select(labels.c.pattern, _F.score, labels.c.label)
+        .join_from(
+            labels,
+            case_flags,
+            (_F.case_id == labels.c.case_id) & (_F.pattern == labels.c.pattern),
+        )
+        .order_by(labels.c.pattern, _F.score)
+    )
+    return [(str(r.pattern), Decimal(r.score), int(r.label)) for r in rows]
+
+
+@dataclass(frozen=True)
+class Recalibrated:
+    """What :func:`recalibrate` did: the calibration it stored, how many open cases there
+    are and how many of them got a new probability or priority."""
+
+    calibration: Calibration
+    open_cases: int
+    reprioritised: int
+
+
+def recalibrate(
+    conn: Connection,
+    *,
+    prior_strength: int | Decimal = PRIOR_STRENGTH,
+    min_bin_verdicts: int = MIN_BIN_VERDICTS,
+    max_bins: int = MAX_BINS,
+    now: datetime | None = None,
+) -> Recalibrated:
+    """Fit the calibration to the verdicts so far (:func:`fit_calibration`), store it (it
+    replaces the one before) and re-prioritise the open cases (``new``, ``in_review``) by
+    it, in the caller's transaction. A closed case keeps the figures it was decided on.
+
+    The verdicts are those of the cases inspectors chose to work, the top of the queue: a
+    pattern's confirmed rate there need not hold further down (measured in
+    ``benchmarks/case_queue.py``: the large anomalous settlements worked first are mostly
+    fraud, the small ones left mostly not, until verdicts reach them and a score bin splits
+    them apart)."""
+    fitted = fit_calibration(
+        verdicts_by_flag(conn),
+        prior_strength=prior_strength,
+        min_bin_verdicts=min_bin_verdicts,
+        max_bins=max_bins,
+    )
+    now = now or datetime.now(UTC)
+    conn.execute(delete(calibration))
+    rows = [
+        {
+            "pattern": b.pattern,
+            "bin_low": b.low,
+            "bin_high": b.high,
+            "verdicts": b.verdicts,
+            "confirmed": b.confirmed,
+            "prior_strength": b.prior_strength,
+            "fitted_at": now,
+        }
+        for of_pattern in fitted.bins.values()
+        for b in of_pattern
+    ]
+    if rows:
+        conn.execute(insert(calibration), rows)
+    open_ids = list(
+        conn.execute(
+            select(_C.case_id)
+            .where(_C.status.in_([CaseStatus.NEW.value, CaseStatus.IN_REVIEW.value]))
+            .order_by(_C.case_id)
+        ).scalars()
+    )
+    changed = _refresh(conn, open_ids, now, set(), only_changed=True)
+    return Recalibrated(fitted, len(open_ids), changed)
 
 
 def _incoming(flag: Flag, members: Sequence[GroupMember]) -> Incoming:
@@ -533,11 +825,16 @@ def queue(
     status: CaseStatus | None = None,
     region: str | None = None,
     pattern: str | None = None,
+    institution: str | None = None,
+    min_amount_at_risk: Decimal | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[CaseOut]:
     """The cases ``regions`` allow (None: every region), highest priority first, filtered
-    by status, region and pattern. A ``region`` outside ``regions`` gives no case."""
+    by status, region, pattern, institution and the least amount at risk (yuan). A
+    ``region`` outside ``regions`` gives no case. A case concerns an ``institution`` when
+    it is the institution's own, when its settlement was billed there, when its patient
+    was treated there, or when one of its flags' evidence names it (a group's)."""
     query = select(cases)
     if regions is not None:
         if region is not None and region not in regions:
@@ -549,6 +846,36 @@ def queue(
         query = query.where(_C.status == status.value)
     if pattern is not None:
         query = query.where(exists().where(_F.case_id == _C.case_id, _F.pattern == pattern))
+    if institution is not None:
+        v = patient_visits.c
+        named = f'"institution_id": {json.dumps(institution, ensure_ascii=False)}'
+        query = query.where(
+            or_(
+                and_(_C.entity_type == "institution", _C.entity_id == institution),
+                and_(
+                    _C.entity_type == "settlement",
+                    or_(
+                        _C.entity_id.in_(
+                            select(v.settlement_id).where(v.institution_id == institution)
+                        ),
+                        _C.entity_id.in_(
+                            select(decisions.c.settlement_id).where(
+                                decisions.c.institution_id == institution
+                            )
+                        ),
+                    ),
+                ),
+                and_(
+                    _C.entity_type == "patient",
+                    _C.entity_id.in_(select(v.patient_id).where(v.institution_id == institution)),
+                ),
+                exists().where(
+                    _F.case_id == _C.case_id, _F.evidence.contains(named, autoescape=True)
+                ),
+            )
+        )
+    if min_amount_at_risk is not None:
+        query = query.where(_C.amount_at_risk >= min_amount_at_risk)
     query = query.order_by(_C.priority.desc(), _C.created_at, _C.case_id)
     return [_case_out(r) for r in conn.execute(query.limit(limit).offset(offset))]
 
@@ -621,6 +948,17 @@ def add_note(engine: Engine, case_id: str, note: str, *, actor: str, visible: Vi
         _case_row(conn, case_id, visible, lock=True)
         _step(conn, case_id, datetime.now(UTC), actor, EventKind.NOTE, {"note": note})
         return _case_out(_case_row(conn, case_id, visible))
+
+
+def record_reveal(
+    engine: Engine, case_id: str, *, actor: str, visible: Visible, detail: dict[str, Any]
+) -> None:
+    """Log on the case's trail that ``actor`` asked to see its patient identifiers (before
+    they are shown); the case itself does not change."""
+    with engine.begin() as conn:
+        _case_row(conn, case_id, visible)
+        event = _event(case_id, datetime.now(UTC), actor, EventKind.REVEAL, detail)
+        conn.execute(insert(case_events), [event])
 
 
 def _settlements_of(conn: Connection, row: Any) -> list[str]:
@@ -774,14 +1112,18 @@ def _words(pattern: str, evidence: dict[str, Any], messages: dict[str, str]) -> 
         words = [f"{r}: {messages[r]}" for r in evidence.get("rule_ids", ()) or () if r in messages]
     for reason in evidence.get("top_features", ()) or ():
         words.append(
-            f"{pattern}: {reason.get('feature')} = {reason.get('value')} "
+            f"{reason.get('feature')} = {reason.get('value')}，同类机构中位数 "
+            f"{reason.get('peer_median')}，稳健 z 值 {reason.get('z')} / {pattern}: "
+            f"{reason.get('feature')} = {reason.get('value')} "
             f"(peer median {reason.get('peer_median')}, z {reason.get('z')})"
         )
     if pattern == "group_admission" and evidence.get("members"):
+        members = len(evidence["members"])
+        times = len(evidence.get("occasion_dates", ()) or ())
+        institution = evidence.get("institution_id", "?")
         words.append(
-            f"group of {len(evidence['members'])} patients admitted together "
-            f"{len(evidence.get('occasion_dates', ()) or ())} times at "
-            f"{evidence.get('institution_id', '?')}"
+            f"{members} 名参保人在 {institution} 共同入院 {times} 次 / group of {members} "
+            f"patients admitted together {times} times at {institution}"
         )
     if not words:
         words.append(pattern)
@@ -884,6 +1226,24 @@ def _members(conn: Connection, facts: Sequence[dict[str, Any]]) -> list[GroupMem
     ]
 
 
+def _peer_group_size(conn: Connection, peer_group: object) -> int | None:
+    """The institutions of a peer group (``features.institution_features.peer_groups``:
+    ``kind|level|region``, ``kind|level`` or ``kind``) that the store knows; None when the
+    group is not one of those."""
+    parts = str(peer_group or "").split("|")
+    if not parts[0] or len(parts) > 3:
+        return None
+    i = institutions.c
+    query = select(func.count()).select_from(institutions).where(i.kind == parts[0])
+    if len(parts) > 1:
+        if not parts[1].isdigit():
+            return None
+        query = query.where(i.level == int(parts[1]))
+    if len(parts) > 2:
+        query = query.where(i.region_code == parts[2])
+    return int(conn.execute(query).scalar_one())
+
+
 def case_detail(
     conn: Connection, case_id: str, *, visible: Visible, rulebase: RuleBase | None = None
 ) -> CaseDetailOut:
@@ -965,6 +1325,8 @@ def case_detail(
         ),
         None,
     )
+    if standing is not None:  # how many institutions the store knows in that peer group
+        standing["peer_group_size"] = _peer_group_size(conn, standing.get("peer_group"))
     reasons = [
         {"pattern": f.pattern, **reason}
         for f, evidence in zip(flag_rows, facts, strict=True)

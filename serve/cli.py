@@ -223,6 +223,50 @@ def cases_labels(out_file: Path) -> None:
     click.echo(f"{written} label(s) -> {out_file}")
 
 
+@cases_group.command("recalibrate")
+@click.option(
+    "--prior-strength",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="the Beta prior's weight in verdicts: a flag's own score counts as this many",
+)
+@click.option(
+    "--min-bin-verdicts",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="split a pattern's flags by score only into bins of at least this many verdicts",
+)
+def cases_recalibrate(prior_strength: int, min_bin_verdicts: int) -> None:
+    """Calibrate the flags' probabilities by the verdicts so far (per pattern and score bin)
+    and re-prioritise the open cases."""
+    from serve import cases
+    from serve.store import create_store_engine, store_exists
+
+    settings = Settings()
+    if not store_exists(settings.store_url):
+        raise click.ClickException(f"no store at {settings.store_url}")
+    engine = create_store_engine(settings.store_url)
+    try:
+        with engine.begin() as conn:
+            done = cases.recalibrate(
+                conn, prior_strength=prior_strength, min_bin_verdicts=min_bin_verdicts
+            )
+    finally:
+        engine.dispose()
+    click.echo("pattern\tscores from\tverdicts\tconfirmed\tprobability at the bin's top score")
+    for of_pattern in done.calibration.bins.values():
+        for b in of_pattern:
+            click.echo(
+                f"{b.pattern}\t{b.low:.4f}\t{b.verdicts}\t{b.confirmed}\t{b.probability(b.high)}"
+            )
+    click.echo(
+        f"{done.reprioritised} of {done.open_cases} open case(s) re-prioritised "
+        f"(prior {prior_strength} verdicts at the flag's score)"
+    )
+
+
 @main.group()
 def keys() -> None:
     """API keys of the scorer (roles: settlement, inspector, admin)."""
@@ -268,6 +312,86 @@ def keys_revoke(key_id: str) -> None:
 
 
 @main.group()
+def users() -> None:
+    """Accounts of the inspectors' web pages (/ui): inspectors (their regions) and admins."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(("inspector", "admin")), required=True)
+@click.option("--region", "regions", multiple=True, help="a region an inspector may see")
+@click.option("--name", "display_name", default="", help="the name the pages show")
+@click.option(
+    "--password-stdin", is_flag=True, help="read the password from standard input (one line)"
+)
+def users_create(
+    username: str, role: str, regions: tuple[str, ...], display_name: str, password_stdin: bool
+) -> None:
+    """Make an account; the password is asked for twice, hidden (or read from stdin)."""
+    from serve.keys import Role
+    from serve.store import create_store_engine, upgrade
+    from serve.web.accounts import AccountError, create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    settings = Settings()
+    upgrade(settings.store_url)
+    engine = create_store_engine(settings.store_url)
+    try:
+        user = create_user(
+            engine, username, password, role=Role(role), regions=regions,
+            display_name=display_name,
+        )  # fmt: skip
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    where = f" for {', '.join(sorted(user.regions))}" if user.regions else ""
+    click.echo(f"{user.role.value} {user.username} ({user.display_name}){where}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """Every account: name, role, regions, active or disabled."""
+    from serve.store import create_store_engine, upgrade
+    from serve.web.accounts import list_users
+
+    settings = Settings()
+    upgrade(settings.store_url)
+    engine = create_store_engine(settings.store_url)
+    try:
+        found = list_users(engine)
+    finally:
+        engine.dispose()
+    for u in found:
+        state = "active" if u.active else "disabled"
+        regions = ",".join(sorted(u.regions)) or "*"
+        click.echo(f"{u.username}\t{u.role.value}\t{regions}\t{state}\t{u.display_name}")
+    click.echo(f"{len(found)} account(s)")
+
+
+@users.command("disable")
+@click.argument("username")
+def users_disable(username: str) -> None:
+    """Disable an account: it signs in no more and its sessions end now."""
+    from serve.store import create_store_engine, upgrade
+    from serve.web.accounts import disable_user
+
+    settings = Settings()
+    upgrade(settings.store_url)
+    engine = create_store_engine(settings.store_url)
+    try:
+        disabled = disable_user(engine, username)
+    finally:
+        engine.dispose()
+    if not disabled:
+        raise click.ClickException(f"no active account {username}")
+    click.echo(f"{username} disabled; its sessions ended")
+
+
+@main.group()
 def db() -> None:
     """The store's schema."""
 
@@ -298,19 +422,22 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
     import uvicorn
 
     from serve.logs import log_config
+    from serve.metrics import multiprocess_directory
     from serve.store import upgrade
 
     settings = Settings()
     upgrade(settings.store_url)
     click.echo(f"scorer on http://{host}:{port} over {settings.store_url}", err=True)
-    uvicorn.run(
-        "serve.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=log_config(log_level.upper()),
-    )
+    # several workers share their metrics through files, so that /metrics answers for all
+    with multiprocess_directory(workers):
+        uvicorn.run(
+            "serve.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=log_config(log_level.upper()),
+        )
 
 
 @main.command()

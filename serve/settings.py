@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     model_refresh_seconds: float = Field(
         default=30.0, gt=0, description="how often the scorer looks for a newly promoted model"
     )
+    session_minutes: int = Field(
+        default=480,
+        ge=1,
+        le=10_080,
+        description="how long an inspector's web session lasts after signing in (minutes)",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -272,3 +272,53 @@ labels = Table(
 )
 """The inspectors' verdicts as labels (1 confirmed, 0 dismissed), one per entity and
 pattern (the latest verdict wins): the contract's ``labels`` table for retraining."""
+
+calibration = Table(
+    "calibration",
+    metadata,
+    Column("pattern", String(32), nullable=False),
+    Column("bin_low", Numeric(6, 4), nullable=False),
+    Column("bin_high", Numeric(6, 4), nullable=False),
+    Column("verdicts", Integer, nullable=False),
+    Column("confirmed", Integer, nullable=False),
+    Column("prior_strength", Numeric(8, 2), nullable=False),
+    Column("fitted_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("pattern", "bin_low"),
+)
+"""The verdicts behind the cases' probabilities (``serve.cases.recalibrate``): per pattern
+and score bin (flags scoring from ``bin_low`` on), how many flags got a verdict and how
+many were confirmed, and the Beta prior's strength (pseudo-verdicts at the flag's score)."""
+
+
+# --- inspectors' and admins' accounts for the web pages (``serve.web.accounts``) ------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("regions", Text, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+"""Who may sign in to the inspectors' pages (``fundguard users create``): a password hash
+(Argon2), a role (``inspector``: the cases of its ``regions``, a JSON list; ``admin``:
+every case) and whether the account is active (a disabled one signs in no more, and its
+sessions end)."""
+
+user_sessions = Table(
+    "user_sessions",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("username", String(64), nullable=False, index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("revealed", Text, nullable=False),
+)
+"""The signed-in sessions of the web pages, kept on the server so that signing out and
+expiry are real: the SHA-256 of the random cookie value (never the value itself), whose
+session it is, the token every form must carry (CSRF), when it ends, and the cases whose
+patient identifiers the inspector asked to see in this session (``|``-joined)."""

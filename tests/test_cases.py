@@ -27,7 +27,7 @@ from serve.cli import main
 from serve.loading import load_parties
 from serve.schemas import CaseStatus
 from serve.settings import Settings
-from serve.tables import case_events, case_flags, credit_verdicts, institutions, labels
+from serve.tables import calibration, case_events, case_flags, credit_verdicts, institutions, labels
 from serve.tables import cases as cases_table
 from traceability.store import drugs, products
 
@@ -359,3 +359,105 @@ def test_the_queue_filters_by_status_and_pattern(world: dict[str, Any]) -> None:
     for case in client.get("/v1/cases", headers=admin).json():
         assert set(case) >= {"case_id", "entity_type", "entity_id", "patterns", "priority",
                              "amount_at_risk", "region_code", "status", "created_at"}  # fmt: skip
+
+
+# --- probabilities calibrated by the verdicts -----------------------------------------------
+
+
+def test_calibration_shrinks_the_verdicts_toward_the_flags_score() -> None:
+    few = cases.fit_calibration([("anomalous_settlement", Decimal("0.99"), 0)] * 2)
+    # two dismissals against a prior of 10 verdicts at 0.99: (9.9 + 0) / 12
+    assert few.probability("anomalous_settlement", Decimal("0.99")) == Decimal("0.8250")
+    many = cases.fit_calibration(
+        [("anomalous_settlement", Decimal("0.99"), 1)] * 10
+        + [("anomalous_settlement", Decimal("0.99"), 0)] * 90
+    )
+    assert many.probability("anomalous_settlement", Decimal("0.99")) == Decimal(
+        "0.1809"
+    )  # (9.9 + 10) / 110
+    assert many.probability("duplicate_trace_code", Decimal(1)) == Decimal(1)  # no verdicts
+    weak = cases.fit_calibration([("x", Decimal("0.5"), 1)] * 2, prior_strength=1)
+    assert weak.probability("x", Decimal("0.5")) == Decimal("0.8333")  # (0.5 + 2) / 3
+    with pytest.raises(ValueError, match="prior_strength"):
+        cases.fit_calibration([], prior_strength=0)
+    with pytest.raises(ValueError, match="label 2"):
+        cases.fit_calibration([("x", Decimal(1), 2)])
+
+
+def test_a_pattern_with_enough_verdicts_is_calibrated_per_score_bin() -> None:
+    low = [("resale_hub", Decimal("0.6000"), 0)] * 40  # low scores: dismissed
+    high = [("resale_hub", Decimal("0.9000"), 1)] * 35 + [("resale_hub", Decimal("0.9500"), 1)] * 5
+    fitted = cases.fit_calibration(low + high, min_bin_verdicts=30)
+    bins = fitted.bins["resale_hub"]
+    assert [(b.low, b.verdicts, b.confirmed) for b in bins] == [
+        (Decimal(0), 40, 0),
+        (Decimal("0.9000"), 40, 40),
+    ]  # two bins of 40 (a third would hold under 30, and ties are never split)
+    assert fitted.probability("resale_hub", Decimal("0.6")) == Decimal("0.1200")  # 6 / 50
+    assert fitted.probability("resale_hub", Decimal("0.95")) == Decimal("0.9900")  # 49.5 / 50
+    one = cases.fit_calibration(low + high, min_bin_verdicts=41)
+    assert [b.verdicts for b in one.bins["resale_hub"]] == [80]
+
+
+def _flag(entity: str, pattern: str, score: float, amount: str) -> Flag:
+    return Flag("settlement", entity, pattern, score, "review", Decimal(amount), {})
+
+
+def test_recalibrate_reprioritises_the_open_cases_by_the_verdicts(
+    store: Engine, store_url: str
+) -> None:
+    anomalous = [_flag(f"A{i:02d}", "anomalous_settlement", 0.999, "900.00") for i in range(30)]
+    dup = [_flag(f"D{i:02d}", "duplicate_trace_code", 1.0, "500.00") for i in range(5)]
+    with store.begin() as conn:
+        cases.file_screening(conn, anomalous + dup)
+        assert cases.recalibrate(conn).reprioritised == 0  # no verdict yet: nothing moves
+        top = cases.queue(conn, regions=None, limit=5)
+    assert {c.entity_id[0] for c in top} == {"A"}  # by amount, the anomalies come first
+    for flag in anomalous[:20]:  # inspectors dismiss 19 of the first 20 anomalies
+        verdict = CaseStatus.CONFIRMED if flag.entity_id == "A00" else CaseStatus.DISMISSED
+        cases.record_verdict(store, cases.case_id_of("settlement", flag.entity_id), verdict,
+                             "核查", actor="t", visible=_everyone, scheme=None)  # fmt: skip
+    with store.connect() as conn:
+        closed_before = conn.execute(
+            select(cases_table.c.case_id, cases_table.c.priority, cases_table.c.updated_at)
+            .where(cases_table.c.status.in_(("confirmed", "dismissed")))
+        ).all()  # fmt: skip
+    with store.begin() as conn:
+        done = cases.recalibrate(conn)
+    assert (done.open_cases, done.reprioritised) == (15, 10)  # the duplicates keep 1.0
+    [only] = done.calibration.bins["anomalous_settlement"]
+    assert (only.verdicts, only.confirmed, only.prior_strength) == (20, 1, Decimal(10))
+    expected = Decimal("0.3663")  # (10 x 0.999 + 1) / (10 + 20)
+    with store.connect() as conn:
+        queue = cases.queue(conn, regions=None, status=CaseStatus.NEW, limit=50)
+        closed_after = conn.execute(
+            select(cases_table.c.case_id, cases_table.c.priority, cases_table.c.updated_at)
+            .where(cases_table.c.status.in_(("confirmed", "dismissed")))
+        ).all()  # fmt: skip
+        stored = conn.execute(select(calibration)).all()
+    assert sorted(closed_after) == sorted(closed_before)  # a decided case keeps its figures
+    assert [c.entity_id[0] for c in queue] == ["D"] * 5 + ["A"] * 10  # now the rules first
+    for case in queue:
+        if case.entity_id.startswith("A"):
+            assert (Decimal(str(case.probability)), case.priority) == (expected,
+                                                                       Decimal("329.67"))  # fmt: skip
+    assert [(r.pattern, r.verdicts, r.confirmed) for r in stored] == [
+        ("anomalous_settlement", 20, 1)
+    ]
+    with store.begin() as conn:  # again, with nothing new: nothing moves
+        assert cases.recalibrate(conn).reprioritised == 0
+        # a flag filed after the calibration is calibrated on filing
+        cases.file_screening(conn, [_flag("A99", "anomalous_settlement", 0.999, "1000.00")])
+        new = conn.execute(
+            select(cases_table).where(cases_table.c.entity_id == "A99")
+        ).one()  # fmt: skip
+    assert (new.probability, new.priority) == (expected, Decimal("366.30"))
+    ran = CliRunner().invoke(main, ["cases", "recalibrate", "--prior-strength", "1"],
+                             env={"FUNDGUARD_DATABASE_URL": store_url})  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    assert "anomalous_settlement\t0.0000\t20\t1\t0.0952" in ran.output  # (0.999 + 1) / 21
+    assert "11 of 16 open case(s) re-prioritised" in ran.output
+    refused = CliRunner().invoke(main, ["cases", "recalibrate", "--prior-strength", "0"],
+                                 env={"FUNDGUARD_DATABASE_URL": store_url})  # fmt: skip
+    assert refused.exit_code == 2
+    assert "--prior-strength" in refused.output

@@ -1,0 +1,1 @@
+"""The inspectors' web pages (served under /ui)."""
