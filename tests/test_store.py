@@ -91,3 +91,42 @@ def test_a_loaded_settlement_scored_again_is_judged_without_its_own_codes(
     with store.connect() as conn:
         balance = conn.execute(select(ledger_codes.c.split_units)).scalars().all()
     assert [float(b) for b in balance if b] == [30.0]  # S1 10 + S2 20, unchanged
+
+
+def test_the_scorers_sqlite_engine_leaves_checkpoints_to_the_background(tmp_path: Path) -> None:
+    """With ``background_checkpoints`` no commit copies the WAL into the database file;
+    :func:`serve.store.checkpoint` does. The main file is read without its WAL
+    (``immutable``) to see which pages reached it."""
+    import sqlite3
+
+    from sqlalchemy import text
+
+    from serve.store import checkpoint, create_store_engine
+
+    path = tmp_path / "store.db"
+    engine = create_store_engine(f"sqlite:///{path}", background_checkpoints=True)
+
+    def in_main_file() -> int:
+        main = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            found = main.execute("SELECT name FROM sqlite_master WHERE name = 'filler'")
+            if found.fetchone() is None:
+                return 0
+            return int(main.execute("SELECT count(*) FROM filler").fetchone()[0])
+        finally:
+            main.close()
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE filler (n INTEGER, pad TEXT)"))
+        for batch in range(4):  # ~4,000 pages: well past SQLite's 1,000-page autocheckpoint
+            with engine.begin() as conn:
+                conn.execute(
+                    text("INSERT INTO filler VALUES (:n, :pad)"),
+                    [{"n": batch * 1000 + i, "pad": "x" * 3000} for i in range(1000)],
+                )
+        assert in_main_file() == 0
+        checkpoint(engine)
+        assert in_main_file() == 4000
+    finally:
+        engine.dispose()
