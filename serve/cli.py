@@ -460,7 +460,7 @@ def demo(seed: int, scale: str) -> None:
     ctx.invoke(train, data_dir=province, do_register=True, do_promote=True, memory_limit="4GB")
     import orjson
 
-    from serve.demo import example_request
+    from serve.demo import demo_inspector, example_request
     from serve.keys import Role, create_key
     from serve.store import create_store_engine
 
@@ -469,6 +469,7 @@ def demo(seed: int, scale: str) -> None:
     engine = create_store_engine(settings.store_url)
     try:
         key = create_key(engine, Role.SETTLEMENT, label="demo")
+        inspector, password, region = demo_inspector(engine)
     finally:
         engine.dispose()
     click.echo(f"the province is in {province.resolve()}")
@@ -480,6 +481,11 @@ def demo(seed: int, scale: str) -> None:
         f" -H 'Authorization: Bearer {key}' -d @{example.resolve()}"
     )
     click.echo("(a settlement-system key made for the demo; more with `fundguard keys create`)")
+    click.echo(
+        f"the inspectors' pages: http://127.0.0.1:8000/ui/ as {inspector}, password {password}"
+        f" (an inspector of region {region}, the region with the most cases; shown once,"
+        " more accounts with `fundguard users create`)"
+    )
 
 
 @main.group()

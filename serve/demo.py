@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine, func, select
 
 from features.batch import open_history
+from serve.keys import Role
 from serve.schemas import SettlementIn
+from serve.tables import cases
+from serve.web.accounts import create_user
 
 
 def example_request(province: Path) -> dict[str, Any]:
@@ -69,3 +74,25 @@ def example_request(province: Path) -> dict[str, Any]:
     }
     body["total_amount"] = body["fund_paid"] = f"{2 * pack_units}.00"
     return orjson.loads(SettlementIn.model_validate(body).model_dump_json())  # type: ignore[no-any-return]
+
+
+def demo_inspector(engine: Engine) -> tuple[str, str, str]:
+    """An inspector's account for the region with the most cases, with a fresh random
+    password: (username, password, region). A new account each run (a password is never
+    stored or shown again)."""
+    with engine.connect() as conn:
+        region = conn.execute(
+            select(cases.c.region_code)
+            .group_by(cases.c.region_code)
+            .order_by(func.count().desc(), cases.c.region_code)
+            .limit(1)
+        ).scalar()
+    if region is None:
+        raise LookupError("no case in the store: screen with --store first")
+    username = f"demo-{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    create_user(
+        engine, username, password, role=Role.INSPECTOR, regions=(str(region),),
+        display_name="演示稽核员",
+    )  # fmt: skip
+    return username, password, str(region)

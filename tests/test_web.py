@@ -457,3 +457,23 @@ def test_the_users_command_line(store_url: str, store: Engine) -> None:
     assert "zhao\tinspector\t320102\tdisabled" in runner.invoke(main, ["users", "list"],
                                                                env=env).output  # fmt: skip
     assert accounts.sign_in(store, "zhao", "长长的密码-123", minutes=5) is None
+
+
+def test_the_demo_inspector_signs_in_to_the_region_with_the_most_cases(
+    world: dict[str, Any], store: Engine
+) -> None:
+    """``fundguard demo`` prints an inspector's account: it signs in and sees the busiest
+    region's cases (four of the five are in region A), and a second one is a new account."""
+    from serve.demo import demo_inspector
+
+    username, password, region = demo_inspector(store)
+    assert region == REGION_A
+    client = world["client"]
+    assert sign_in(client, username, password).status_code == 303
+    page = client.get("/ui/cases")
+    assert page.status_code == 200
+    assert "IA" in page.text
+    assert client.get(f"/ui/cases/{CASE_INSTITUTION_B}").status_code == 404
+    again, other_password, _ = demo_inspector(store)
+    assert again != username
+    assert other_password != password
