@@ -60,7 +60,7 @@ from serve.schemas import (
     VerdictIn,
 )
 from serve.settings import Settings
-from serve.store import checkpoint, create_store_engine
+from serve.store import create_store_engine
 from serve.web import routes as web_pages
 from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
@@ -112,14 +112,6 @@ DecisionReader = Annotated[Caller, Depends(requires(Role.SETTLEMENT, Role.INSPEC
 (the region of the decision's institution)."""
 
 
-async def _checkpoint(engine: Engine, every: float) -> None:
-    """Checkpoint the SQLite WAL every ``every`` seconds, off the event loop, so that no
-    settlement's commit pays for it."""
-    while True:
-        await asyncio.sleep(every)
-        await asyncio.to_thread(checkpoint, engine)
-
-
 async def _follow_model(model: ModelInForce, every: float) -> None:
     """Look for a newly promoted model every ``every`` seconds, off the event loop."""
     while True:
@@ -133,9 +125,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
-        app.state.engine = engine or create_store_engine(
-            settings.store_url, background_checkpoints=True
-        )
+        app.state.engine = engine or create_store_engine(settings.store_url)
         app.state.rules = RuleBaseInForce(settings.rules_file)
         app.state.keys = KeyRing(app.state.engine)
         app.state.credit = load_scheme(settings.credit_file)
@@ -148,14 +138,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         )
         await asyncio.to_thread(model.refresh)
         follow = asyncio.create_task(_follow_model(model, settings.model_refresh_seconds))
-        checkpoints = asyncio.create_task(_checkpoint(app.state.engine, 1.0)) if own else None
         try:
             yield
         finally:
             follow.cancel()
-            if checkpoints is not None:
-                checkpoints.cancel()
-                await asyncio.to_thread(checkpoint, app.state.engine)
             metrics.leave()  # several workers: this one's live gauges stop counting
             if own:
                 app.state.engine.dispose()

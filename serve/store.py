@@ -3,17 +3,13 @@
 SQLite is the embedded default: WAL journal, ``synchronous=NORMAL``, a busy timeout, and
 every transaction opened with ``BEGIN IMMEDIATE`` so that writers serialise at the start of
 a transaction instead of failing half-way (two workers racing for one code: the second
-waits, then sees the first's units). The scorer's own engine leaves WAL checkpoints to a
-background task (:func:`checkpoint`) instead of the commit that crosses the WAL's size
-limit: measured here (FLOORS.md) that stall on the request path halves SQLite's throughput.
-PostgreSQL is the production store: the ledger rows a settlement touches are created,
-locked and read by one ``INSERT … ON CONFLICT DO UPDATE … RETURNING``.
+waits, then sees the first's units). PostgreSQL is the production store: the ledger rows a
+settlement touches are created, locked and read by one ``INSERT … ON CONFLICT DO UPDATE …
+RETURNING``.
 """
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -39,18 +35,8 @@ METADATA: tuple[MetaData, ...] = (
 """Every table the store holds, by the layer that owns it (Alembic compares against these)."""
 
 
-log = logging.getLogger("fundguard.store")
-
-WAL_LIMIT_BYTES = 64 * 1024 * 1024
-"""A SQLite WAL is truncated back to this size once checkpointed."""
-
-
-def create_store_engine(
-    url: str, *, pool_size: int = 5, background_checkpoints: bool = False
-) -> Engine:
-    """An engine for the store at ``url``, tuned for the scorer's short transactions.
-    ``background_checkpoints`` (SQLite): no commit checkpoints the WAL; the caller runs
-    :func:`checkpoint` off the request path (the scorer does, every second)."""
+def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine for the store at ``url``, tuned for the scorer's short transactions."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -65,9 +51,6 @@ def create_store_engine(
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            if background_checkpoints:
-                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -76,21 +59,6 @@ def create_store_engine(
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-
-
-def checkpoint(engine: Engine) -> None:
-    """Copy the SQLite WAL's committed pages into the database file, waiting for no reader
-    or writer (a passive checkpoint); another process's checkpoint running at the same
-    time makes this one a no-op. Nothing to do on PostgreSQL."""
-    if engine.dialect.name != "sqlite":
-        return
-    raw = engine.raw_connection()
-    try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-    except sqlite3.OperationalError as exc:  # busy: another worker is checkpointing
-        log.debug("checkpoint skipped: %s", exc)
-    finally:
-        raw.close()
 
 
 def store_exists(url: str) -> bool:
