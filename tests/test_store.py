@@ -91,3 +91,39 @@ def test_a_loaded_settlement_scored_again_is_judged_without_its_own_codes(
     with store.connect() as conn:
         balance = conn.execute(select(ledger_codes.c.split_units)).scalars().all()
     assert [float(b) for b in balance if b] == [30.0]  # S1 10 + S2 20, unchanged
+
+
+def test_a_sqlite_writer_waits_for_the_lock_then_fails_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction begun while another process writes waits for it (retrying BEGIN
+    IMMEDIATE) and goes on when the lock is free; past ``BUSY_SECONDS`` it fails with the
+    store's OperationalError (the scorer answers 503), not a bare sqlite3 error."""
+    import sqlite3
+    import threading
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from serve import store as serve_store
+
+    path = tmp_path / "store.db"
+    engine = serve_store.create_store_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+        with engine.begin() as conn:  # waits ~0.3 s for the other writer
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+        monkeypatch.setattr(serve_store, "BUSY_SECONDS", 0.2)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="locked"), engine.begin():
+            pass
+        other.execute("ROLLBACK")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+    finally:
+        other.close()
+        engine.dispose()
