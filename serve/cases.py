@@ -918,15 +918,32 @@ def set_status(
     :class:`IllegalTransition` for any other move."""
     with engine.begin() as conn:
         row = _case_row(conn, case_id, visible, lock=True)
-        current = CaseStatus(row.status)
-        if (current, target) not in _MOVES:
-            raise IllegalTransition(
-                f"case {case_id} is {current.value}: it cannot become {target.value}"
-                + ("; a verdict closes a case" if target.value in CLOSED else "")
-            )
-        kind = EventKind.REOPENED if current.value in CLOSED else EventKind.STATUS_CHANGED
-        detail = {"from": current.value, "to": target.value, "reason": reason}
-        _step(conn, case_id, datetime.now(UTC), actor, kind, detail, status=target.value)
+        _move(conn, row, target, actor=actor, reason=reason, now=datetime.now(UTC))
+        return _case_out(_case_row(conn, case_id, visible))
+
+
+def _move(
+    conn: Connection, row: Any, target: CaseStatus, *, actor: str, reason: str, now: datetime
+) -> None:
+    current = CaseStatus(row.status)
+    if (current, target) not in _MOVES:
+        raise IllegalTransition(
+            f"case {row.case_id} is {current.value}: it cannot become {target.value}"
+            + ("; a verdict closes a case" if target.value in CLOSED else "")
+        )
+    kind = EventKind.REOPENED if current.value in CLOSED else EventKind.STATUS_CHANGED
+    detail = {"from": current.value, "to": target.value, "reason": reason}
+    _step(conn, row.case_id, now, actor, kind, detail, status=target.value)
+
+
+def take(engine: Engine, case_id: str, *, actor: str, visible: Visible) -> CaseOut:
+    """An inspector takes a case up: ``in_review`` and assigned to them, both or neither."""
+    with engine.begin() as conn:
+        row = _case_row(conn, case_id, visible, lock=True)
+        now = datetime.now(UTC)
+        _move(conn, row, CaseStatus.IN_REVIEW, actor=actor, reason="领取", now=now)
+        detail = {"from": row.assignee, "to": actor}
+        _step(conn, case_id, now, actor, EventKind.ASSIGNED, detail, assignee=actor)
         return _case_out(_case_row(conn, case_id, visible))
 
 

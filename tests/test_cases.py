@@ -310,6 +310,18 @@ def test_the_service_refuses_illegal_moves(world: dict[str, Any], store: Engine)
         cases.add_note(store, "C-nothing", "x", actor="t", visible=_everyone)
 
 
+def test_taking_a_case_up_moves_and_assigns_it_together(
+    world: dict[str, Any], store: Engine
+) -> None:
+    taken = cases.take(store, world["B"], actor="wang", visible=_everyone)
+    assert (taken.status, taken.assignee) == (CaseStatus.IN_REVIEW, "wang")
+    with pytest.raises(cases.IllegalTransition):  # in review already: neither step happens
+        cases.take(store, world["B"], actor="li", visible=_everyone)
+    with store.connect() as conn:
+        row = conn.execute(select(cases_table).where(cases_table.c.case_id == world["B"])).one()
+    assert (row.status, row.assignee) == ("in_review", "wang")
+
+
 CASE_CALLS = (
     ("get", "/v1/cases/{case}", None),
     ("post", "/v1/cases/{case}/status", {"status": "in_review"}),

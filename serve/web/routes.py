@@ -504,13 +504,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         engine, user = request.app.state.engine, session.user
 
         def step() -> None:
-            cases.set_status(
-                engine, case_id, CaseStatus.IN_REVIEW, actor=user.username,
-                visible=user.sees_region, reason="领取",
-            )  # fmt: skip
-            cases.assign(
-                engine, case_id, user.username, actor=user.username, visible=user.sees_region
-            )
+            cases.take(engine, case_id, actor=user.username, visible=user.sees_region)
 
         return after(request, session, case_id, step)
 
