@@ -25,8 +25,8 @@ lost), at the largest client count, ``0`` being the baseline.
 
 ``--profile N`` first scores N settlements in-process (no HTTP) under cProfile and prints
 where the time goes. ``--soak SECONDS`` then holds 80% of the measured peak (the scorer at
-the largest client count) for that long on ``--soak-store``, paced by the Lua script, and
-reports errors and the share of degraded answers.
+the largest client count; ``--soak-rate`` sets another) for that long on ``--soak-store``,
+paced by the Lua script, and reports errors and the share of degraded answers.
 
     .venv/bin/python benchmarks/scorer.py [--duration 10] [--ledger 1000000]
         [--stores sqlite postgresql] [--workers 1 2 3] [--clients 1 16] [--no-model]
@@ -556,6 +556,13 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="N")
     parser.add_argument("--soak", type=float, default=0, metavar="SECONDS")
     parser.add_argument("--soak-store", default=None, help="default: postgresql if measured")
+    parser.add_argument(
+        "--soak-rate",
+        type=float,
+        default=0,
+        metavar="PER_SECOND",
+        help="the soak's rate (default: 80%% of the peak measured in this run)",
+    )
     args = parser.parse_args()
     generator = args.generator or ("wrk" if shutil.which("wrk") else "python")
     soak_store = args.soak_store or (
@@ -646,7 +653,7 @@ def main() -> None:
                         label = f"commit_delay={shown} sync={sync}"
                         print(line(label, s) + f"  store {check}", flush=True)
                 if args.soak and store == soak_store:
-                    rate = 0.8 * peak.get(soak_workers, max(peak.values()))
+                    rate = args.soak_rate or 0.8 * peak.get(soak_workers, max(peak.values()))
                     scorer = start_scorer(bench, soak_workers)
                     try:
                         warm_up(bench, scorer, None, top)
