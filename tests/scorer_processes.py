@@ -18,6 +18,10 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from conftest import bearer
+
+from serve.store import create_store_engine, upgrade
+from traceability.store import drugs, products
 
 PRODUCT = "8100001"
 """The product code of drug ``D1`` (24 units a pack) in the stores these tests make."""
@@ -158,3 +162,19 @@ def purchases(packs: range) -> list[dict[str, str]]:
         }
         for n in packs
     ]
+
+
+def prepare_store(store_url: str) -> dict[str, str]:
+    """The store at ``store_url`` migrated, with drug ``D1`` (product :data:`PRODUCT`, 24
+    units a pack), and the headers of a new settlement key."""
+    upgrade(store_url)
+    engine = create_store_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                drugs.insert(), [{"drug_code": "D1", "generic_name": "D1", "pack_units": 24}]
+            )
+            conn.execute(products.insert(), [{"product_code": PRODUCT, "drug_code": "D1"}])
+        return bearer(engine, "settlement")
+    finally:
+        engine.dispose()

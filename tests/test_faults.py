@@ -31,13 +31,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import bearer
-from scorer_processes import PRODUCT, code, free_port, purchases, settlement, start_scorer
+from scorer_processes import (
+    code,
+    free_port,
+    prepare_store,
+    purchases,
+    settlement,
+    start_scorer,
+)
 from sqlalchemy import func, select
 
-from serve.store import create_store_engine, upgrade
+from serve.store import create_store_engine
 from serve.tables import decisions
-from traceability.store import drugs, ledger_entries, products
+from traceability.store import ledger_entries
 
 PACKS = 60
 RIVALS = 3
@@ -114,20 +120,6 @@ def check_after(run: LoadRun, url: str, store_url: str, headers: dict[str, str])
         engine.dispose()
     assert {sid: body.decode() for sid, body in run.answers.items()} == stored
     assert per_code == {code(n): 1 for n in range(PACKS)}
-
-
-def prepare_store(store_url: str) -> dict[str, str]:
-    upgrade(store_url)
-    engine = create_store_engine(store_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                drugs.insert(), [{"drug_code": "D1", "generic_name": "D1", "pack_units": 24}]
-            )
-            conn.execute(products.insert(), [{"product_code": PRODUCT, "drug_code": "D1"}])
-        return bearer(engine, "settlement")
-    finally:
-        engine.dispose()
 
 
 @dataclass

@@ -16,13 +16,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import bearer
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from scorer_processes import PRODUCT, Scorer, purchases, settlement, start_scorer
-
-from serve.store import create_store_engine, upgrade
-from traceability.store import drugs, products
+from scorer_processes import Scorer, prepare_store, purchases, settlement, start_scorer
 
 pytestmark = pytest.mark.slow
 SCRAPES = 20
@@ -31,17 +27,7 @@ SCRAPES = 20
 @pytest.fixture
 def headers(sqlite_url: str) -> dict[str, str]:
     """A store with drug ``D1`` and a settlement key."""
-    upgrade(sqlite_url)
-    engine = create_store_engine(sqlite_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                drugs.insert(), [{"drug_code": "D1", "generic_name": "D1", "pack_units": 24}]
-            )
-            conn.execute(products.insert(), [{"product_code": PRODUCT, "drug_code": "D1"}])
-        return bearer(engine, "settlement")
-    finally:
-        engine.dispose()
+    return prepare_store(sqlite_url)
 
 
 @pytest.fixture
