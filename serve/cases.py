@@ -209,7 +209,8 @@ def _lookup(conn: Connection, key: Any, value: Any, ids: Iterable[str]) -> dict[
     return found
 
 
-def _settlement_institutions(conn: Connection, settlement_ids: Iterable[str]) -> dict[str, str]:
+def settlement_institutions(conn: Connection, settlement_ids: Iterable[str]) -> dict[str, str]:
+    """The institution of each settlement, from the patient's visits, else the decisions."""
     ids = set(settlement_ids)
     found = _lookup(conn, patient_visits.c.settlement_id, patient_visits.c.institution_id, ids)
     missing = ids - found.keys()
@@ -221,7 +222,7 @@ def _settlement_institutions(conn: Connection, settlement_ids: Iterable[str]) ->
 def _regions(conn: Connection, entities: Iterable[tuple[str, str, str | None]]) -> dict[str, str]:
     """The region of each (entity type, entity id, institution if known) by case id."""
     entities = list(entities)
-    settlements = _settlement_institutions(
+    settlements = settlement_institutions(
         conn, [i for t, i, inst in entities if t == "settlement" and not inst]
     )
     of_institution: dict[tuple[str, str], str] = {}

@@ -38,7 +38,6 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
 
-from features.store import patient_visits
 from rules.credit import Party
 from serve import cases
 from serve import credit as credit_accounts
@@ -54,7 +53,7 @@ from serve.schemas import (
     VerdictIn,
 )
 from serve.settings import Settings
-from serve.tables import decisions, institutions, users
+from serve.tables import institutions, users
 from serve.web import accounts, words
 
 COOKIE: Final = "fundguard_session"
@@ -378,21 +377,11 @@ def install(app: FastAPI, settings: Settings) -> None:
             if isinstance(named, str) and named:
                 return named
         if detail.entity_type == "settlement":
-            for table in (patient_visits, decisions):
-                found = conn.execute(
-                    select(table.c.institution_id).where(table.c.settlement_id == detail.entity_id)
-                ).scalar()
-                if found:
-                    return str(found)
+            found = cases.settlement_institutions(conn, [detail.entity_id])
+            if detail.entity_id in found:
+                return found[detail.entity_id]
         members = {m.institution_id for m in detail.members if m.institution_id}
         return members.pop() if len(members) == 1 else None
-
-    def pictures(detail: CaseDetailOut, show: Callable[[str], str]) -> tuple[str, str]:
-        try:
-            from serve.web import pictures as drawn
-        except ImportError:  # pragma: no cover - drawn by serve/web/pictures.py
-            return "", ""
-        return drawn.network_svg(detail, show_patient=show), drawn.peer_group_svg(detail)
 
     def case_context(request: Request, session: accounts.Session, case_id: str) -> dict[str, Any]:
         engine = request.app.state.engine
@@ -443,7 +432,10 @@ def install(app: FastAPI, settings: Settings) -> None:
             patients |= words.patients_in(flag.evidence)
         revealed = case_id in session.revealed
         hide = words.masker(patients, reveal=revealed)
-        network, peers = pictures(detail, hide)
+        from serve.web import pictures  # matplotlib: loaded by the first case page, not at start
+
+        network = pictures.network_svg(detail, show_patient=hide)
+        peers = pictures.peer_group_svg(detail)
         verdicts = [e for e in detail.events if e.kind == cases.EventKind.VERDICT.value]
         moved: list[str] = []
         if verdicts:
