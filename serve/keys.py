@@ -59,7 +59,8 @@ class Caller:
         return self.role is Role.ADMIN or not self.regions or region_code in self.regions
 
 
-def _digest(secret: str) -> str:
+def digest(secret: str) -> str:
+    """What the store keeps of a secret (an API key, a session cookie): its SHA-256."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -75,7 +76,7 @@ def create_key(engine: Engine, role: Role, regions: tuple[str, ...] = (), label:
         conn.execute(
             api_keys.insert().values(
                 key_id=key_id,
-                secret_sha256=_digest(secret),
+                secret_sha256=digest(secret),
                 role=role.value,
                 regions=json.dumps(sorted(set(regions))),
                 label=label,
@@ -128,6 +129,6 @@ class KeyRing:
             row = conn.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()
         if row is None or row.revoked_at is not None:
             return None
-        if not hmac.compare_digest(row.secret_sha256, _digest(secret)):
+        if not hmac.compare_digest(row.secret_sha256, digest(secret)):
             return None
         return Caller(key_id, Role(row.role), frozenset(json.loads(row.regions)))

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 import secrets
@@ -25,7 +24,7 @@ from typing import Any, Final
 from pwdlib import PasswordHash
 from sqlalchemy import Engine, delete, insert, select, update
 
-from serve.keys import Caller, Role
+from serve.keys import Caller, Role, digest
 from serve.tables import user_sessions, users
 
 USERNAME: Final = re.compile(r"^[A-Za-z0-9_.-]{2,64}$")
@@ -47,10 +46,6 @@ def _dummy_hash() -> str:
     """A hash to verify against when the account does not exist, so that an unknown name
     takes as long to refuse as a wrong password."""
     return _hasher().hash(secrets.token_urlsafe(16))
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -177,7 +172,7 @@ def sign_in(engine: Engine, username: str, password: str, *, minutes: int) -> st
         conn.execute(delete(user_sessions).where(user_sessions.c.expires_at <= now))
         conn.execute(
             insert(user_sessions).values(
-                session_id=_digest(token),
+                session_id=digest(token),
                 username=username,
                 csrf_token=secrets.token_urlsafe(32),
                 created_at=now,
@@ -198,7 +193,7 @@ def session_of(engine: Engine, token: str | None) -> Session | None:
         row = conn.execute(
             select(user_sessions, users)
             .join_from(user_sessions, users, s.username == users.c.username)
-            .where(s.session_id == _digest(token))
+            .where(s.session_id == digest(token))
         ).first()
     if row is None or not row.active or row.expires_at <= datetime.now(UTC):
         return None
@@ -215,7 +210,7 @@ def session_of(engine: Engine, token: str | None) -> Session | None:
 def sign_out(engine: Engine, token: str | None) -> None:
     if token:
         with engine.begin() as conn:
-            conn.execute(delete(user_sessions).where(user_sessions.c.session_id == _digest(token)))
+            conn.execute(delete(user_sessions).where(user_sessions.c.session_id == digest(token)))
 
 
 def remember_reveal(engine: Engine, session: Session, case_id: str) -> None:
