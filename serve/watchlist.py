@@ -122,12 +122,6 @@ LOOKUP: Final = select(
 ``institution``)."""
 
 
-def watch_hits(conn: Connection, view: SettlementView, review_threshold: float) -> list[HitOut]:
-    """The watch list's hits on ``view``: one per entry that applies to it."""
-    rows = conn.execute(LOOKUP, {"patient": view.patient_id, "institution": view.institution_id})
-    return hits_of(rows, view, review_threshold)
-
-
 def hits_of(rows: Iterable[Any], view: SettlementView, review_threshold: float) -> list[HitOut]:
     """The hits on ``view`` of the entries ``LOOKUP`` read (rows with ``pattern``, ``scope``,
     ``score`` and ``flag_id``): one per entry that applies to it."""
