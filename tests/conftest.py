@@ -16,11 +16,26 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from models.supervised import TrainingResult
+from serve.settings import Settings
 from serve.store import create_store_engine, upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "FUNDGUARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture(autouse=True)
+def _settings_of_the_test_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``Settings()`` in a test reads nothing of the user's: not the settings' variables
+    of the shell, and not ``./fundguard-data``, where ``fundguard demo`` leaves a store and a
+    champion model (a test expecting "no model" would find the demo's). The tests' own
+    variables (``FUNDGUARD_TEST_POSTGRES_URL``, ``FUNDGUARD_SCREENSHOTS`` …) stay."""
+    names = {f"FUNDGUARD_{field.upper()}" for field in Settings.model_fields}
+    for name in names | {"FUNDGUARD_SETTINGS_FILE"}:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FUNDGUARD_DATA_DIR", str(tmp_path_factory.mktemp("fundguard-data")))
 
 
 @pytest.fixture
