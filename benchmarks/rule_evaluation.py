@@ -2,7 +2,7 @@
 
 Online: a small province is loaded into a SQLite store; for its settlements (in time order,
 in a transaction each, rolled back so the store stays as loaded) it times the whole rule
-base (``rules.online.evaluate``) and, as the baseline in the same run, the trace-code
+base (``rules.online.evaluate_in_store``: its reads and the rules) and, as the baseline in the same run, the trace-code
 ledger check alone (``traceability.ledger.check_codes``). Batch: the medium province
 screened with the whole rule base against the trace-code rules alone.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from features.load import load_tables
 from features.simulate import simulate
 from rules.base import shipped_rulebase
-from rules.online import evaluate
+from rules.online import evaluate_in_store
 from serve.loading import load_folder
 from serve.replay import settlement_requests
 from serve.schemas import ItemType, SettlementIn
@@ -48,11 +48,11 @@ def online(folder: Path, n: int, tmp: Path) -> None:
         ]  # fmt: skip
         with engine.connect() as conn:
             t0 = time.perf_counter_ns()
-            checked = check_codes(conn, settlement_id=s.settlement_id,
+            checked, _ = check_codes(conn, settlement_id=s.settlement_id,
                                   institution_id=s.institution_id, settled_at=s.settled_at,
                                   lines=lines)  # fmt: skip
             t1 = time.perf_counter_ns()
-            evaluate(conn, rulebase, _view(s), trace_hits=checked.hits)
+            evaluate_in_store(conn, rulebase, _view(s), trace_hits=checked.hits)
             t2 = time.perf_counter_ns()
             conn.rollback()
         ledger_us.append((t1 - t0) / 1000)

@@ -51,7 +51,7 @@ from serve import scoring
 from serve.loading import load_folder
 from serve.model import ModelInForce
 from serve.schemas import SettlementIn
-from serve.store import create_store_engine
+from serve.store import Checkpoints, create_store_engine
 from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 from traceability.store import ledger_codes
@@ -219,7 +219,8 @@ def measure(
     args: argparse.Namespace,
 ) -> Figures:
     load_folder(province, url)
-    engine = create_store_engine(url)
+    engine = create_store_engine(url, background_checkpoints=True)  # as the scorer's
+    checkpoints = Checkpoints(engine).start()
     try:
         pad_ledger(engine, args.ledger)
         warm = 50
@@ -276,6 +277,7 @@ def measure(
             outcomes,
         )
     finally:
+        checkpoints.stop()
         engine.dispose()
 
 

@@ -33,7 +33,7 @@ the online path and demands the batch values.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -43,18 +43,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sqlalchemy import Connection, and_, bindparam, case, distinct, func, or_, select
+from sqlalchemy.sql import Select
 
 from features.featureset import FeatureSet
+from features.knowledge import KnowledgeBase, knowledge_base
 from features.settlement import SettlementView
 from features.store import (
     compute_item_reference,
-    item_reference,
     patient_history,
     patient_visits,
 )
 from features.tables import TIMEZONE
 from traceability.batch import materialise
-from traceability.store import MergedRead, drugs, one_of
+from traceability.store import MergedRead, drugs
 
 WINDOWS: Final = (30, 90, 365)
 """The patient's look-back windows, in days before the settlement."""
@@ -536,49 +537,47 @@ def _f(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-_ONLINE_READ: Final = MergedRead(
-    lambda dialect: {
-        "drug": select(
-            drugs.c.drug_code, drugs.c.high_value, drugs.c.max_units_per_day, drugs.c.pack_units
-        ).where(one_of(drugs.c.drug_code, "drugs", dialect)),
-        "reference": select(
-            item_reference.c.item_type,
-            item_reference.c.item_code,
-            item_reference.c.ref_unit_price,
-            item_reference.c.ref_quantity,
-        ).where(one_of(item_reference.c.item_code, "codes", dialect)),
-        "visits": _VISITS,
-        "supply": _SUPPLY,
+def vector_parts(dialect: str) -> dict[str, Select[Any]]:
+    """What the online vector reads of the store besides the knowledge base, as parts of one
+    ``MergedRead``: the patient's visits in the windows before the settlement (``visits``:
+    one row of ``_VISITS``) and the patient's units of each high-value drug in them
+    (``supply``). Parameters: :func:`vector_params`."""
+    return {"visits": _VISITS, "supply": _SUPPLY}
+
+
+def vector_params(view: SettlementView) -> dict[str, Any]:
+    at = view.settled_at
+    return {
+        "patient": view.patient_id,
+        "institution": view.institution_id,
+        "at": at,
+        **{f"since_{w}": at - timedelta(days=w) for w in WINDOWS},
     }
-)
-"""What the online vector reads, in one statement: the settlement's drugs' value class,
-daily limit and pack size (``drug``), its items' reference price and quantity
-(``reference``), the patient's visits in the windows before it (``visits``: one row of
-``_VISITS``) and the patient's units of each high-value drug in them (``supply``)."""
+
+
+_ONLINE_READ: Final = MergedRead(vector_parts)
 
 
 def online_settlement_vector(conn: Connection, view: SettlementView) -> np.ndarray:
     """The features of the one settlement being scored (``SETTLEMENT_FEATURES`` order),
-    from the store's state before it (one statement): the same values batch gives it."""
+    from the store's state before it (one statement and the knowledge base): the same
+    values batch gives it. (The scorer reads the same parts within its first statement.)"""
+    return settlement_vector(
+        view, knowledge_base(conn), _ONLINE_READ.read(conn, vector_params(view))
+    )
+
+
+def settlement_vector(
+    view: SettlementView, knowledge: KnowledgeBase, rows: Mapping[str, list[Any]]
+) -> np.ndarray:
+    """The online vector of ``view`` from the knowledge base and the rows of
+    :func:`vector_parts`."""
     at = view.settled_at
     lines = view.lines
-    codes = sorted({line.item_code for line in lines})
-    drug_codes = sorted({line.item_code for line in lines if line.item_type == "drug"})
-    read = _ONLINE_READ.read(
-        conn,
-        {
-            "drugs": drug_codes,
-            "codes": codes,
-            "patient": view.patient_id,
-            "institution": view.institution_id,
-            "at": at,
-            **{f"since_{w}": at - timedelta(days=w) for w in WINDOWS},
-        },
-    )
-    catalog = {r[0]: r for r in read["drug"]}
-    reference = {(r[0], r[1]): r for r in read["reference"]}
-    (visits,) = read["visits"]
-    supply = read["supply"]
+    (visits,) = rows["visits"]
+    supply = rows["supply"]
+    drugs_known = knowledge.drugs
+    reference_known = knowledge.reference
 
     vector = np.zeros(len(SETTLEMENT_FEATURES.columns))
     line_total = sum((float(line.amount) for line in lines), 0.0)
@@ -602,10 +601,10 @@ def online_settlement_vector(conn: Connection, view: SettlementView) -> np.ndarr
     for line in lines:
         qty = float(line.quantity)
         amount = float(line.amount)
-        ref = reference.get((line.item_type, line.item_code))
-        drug = catalog.get(line.item_code) if line.item_type == "drug" else None
-        high_value = drug is not None and bool(drug[1])
-        max_upd = _f(drug[2]) if drug is not None else nan
+        ref = reference_known.get((line.item_type, line.item_code))
+        drug = drugs_known.get(line.item_code) if line.item_type == "drug" else None
+        high_value = drug is not None and bool(drug.high_value)
+        max_upd = _f(drug.max_units_per_day) if drug is not None else nan
         facts.append(
             (
                 _ITEM_TYPES.get(line.item_type, 3),
@@ -614,11 +613,11 @@ def online_settlement_vector(conn: Connection, view: SettlementView) -> np.ndarr
                 if line.unit_price is not None
                 else (amount / qty if qty else nan),
                 amount,
-                _f(ref[2]) if ref else nan,
-                _f(ref[3]) if ref else nan,
+                _f(ref.unit_price) if ref else nan,
+                _f(ref.quantity) if ref else nan,
                 high_value,
                 max_upd,
-                _f(drug[3]) if drug is not None else nan,
+                _f(drug.pack_units) if drug is not None else nan,
                 len(line.trace_codes),
                 line.split_sale,
             )

@@ -19,15 +19,16 @@ and typical quantity of each catalog item, computed from a training history
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Date,
@@ -40,15 +41,30 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    cast,
+    column,
     func,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Select
+from sqlalchemy.types import JSON, TypeDecorator
 
 from traceability.history import batches, mark_stored
-from traceability.store import DIALECTS, ID, UTCDateTime, many_rows, one_of, upsert
+from traceability.store import (
+    ID,
+    InsertRows,
+    MergedRead,
+    Prepared,
+    UTCDateTime,
+    Writes,
+    bind_processor,
+    upsert,
+)
 
 MONEY: Final = Numeric(18, 2)
 
@@ -145,12 +161,12 @@ class Stay:
     diagnosis_code: str | None
 
 
-_NEW_VISIT: Final = insert(patient_visits)
-_NEW_LINES: Final = many_rows(insert(patient_history), patient_history.c.line_no)
+_NEW_VISIT: Final = Prepared(insert(patient_visits))
+_NEW_LINES: Final = InsertRows(patient_history)
 
 
-def record_settlement(
-    conn: Connection,
+def settlement_history(
+    writes: Writes,
     *,
     settlement_id: str,
     patient_id: str,
@@ -163,11 +179,10 @@ def record_settlement(
     visit_type: str | None = None,
     total_amount: Decimal | None = None,
     fund_paid: Decimal | None = None,
-) -> None:
-    """Add a settlement to its patient's history (in the caller's transaction): its lines
-    (and stay) to ``patient_history``, the settlement and its amounts to
-    ``patient_visits`` (two statements)."""
-    conn.execute(
+) -> Writes:
+    """Add to ``writes`` what puts a settlement in its patient's history: its lines (and
+    stay) in ``patient_history``, the settlement and its amounts in ``patient_visits``."""
+    writes.add(
         _NEW_VISIT,
         {
             "settlement_id": settlement_id,
@@ -213,8 +228,13 @@ def record_settlement(
                 "diagnosis_code": diagnosis_code,
             }
         )
-    if rows:
-        conn.execute(_NEW_LINES[conn.dialect.name], rows)
+    return writes.insert(_NEW_LINES, rows)
+
+
+def record_settlement(conn: Connection, **settlement: Any) -> None:
+    """Add a settlement to its patient's history now, in ``conn``'s transaction (the
+    arguments of :func:`settlement_history`)."""
+    settlement_history(Writes(conn.dialect), **settlement).run(conn)
 
 
 def reverse_settlement(conn: Connection, *, settlement_id: str, reversed_at: datetime) -> None:
@@ -241,28 +261,180 @@ def reverse_settlement(conn: Connection, *, settlement_id: str, reversed_at: dat
     )
 
 
-def _window_sums(dialect: str) -> Any:
-    """A patient's billed quantity of some items of one type in a window, per item."""
+@dataclass(frozen=True)
+class Window:
+    """A look-back window of one item: its quantity billed to the patient in the ``days``
+    before a settlement, ``(t - days, t]``."""
+
+    item_type: str
+    item_code: str
+    days: int
+
+
+_STAMPS: Final[dict[type[Dialect], Any]] = {}
+
+
+def _stamp(dialect: Dialect) -> Any:
+    """How ``dialect`` binds a time (``UTCDateTime``)."""
+    stamp = _STAMPS.get(type(dialect))
+    if stamp is None:
+        stamp = _STAMPS[type(dialect)] = bind_processor(UTCDateTime(), dialect)
+    return stamp
+
+
+class _Windows(TypeDecorator[list[tuple[str, str, datetime]]]):
+    """The windows of one read, bound as one JSON list of ``{k, item_type, item_code,
+    since}`` (one statement text whatever their number): each start as the store compares
+    times (SQLite: its UTC text; PostgreSQL: ISO 8601 with the offset)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: list[tuple[str, str, datetime]] | None, dialect: Dialect
+    ) -> Any:
+        if value is None:
+            return None
+        stamp = _stamp(dialect)
+        return [
+            {
+                "k": k,
+                "item_type": item_type,
+                "item_code": item_code,
+                "since": str(stamp(since)) if dialect.name == "sqlite" else since.isoformat(),
+            }
+            for k, (item_type, item_code, since) in enumerate(value)
+        ]
+
+
+def _window_part(dialect: str) -> Select[Any]:
+    """Each window's billed quantity (``k``: its position in the list bound as
+    ``windows``), for the patient bound as ``patient``, up to ``until``."""
+    h = patient_history.c
+    listed = bindparam("windows", type_=_Windows())
+    k: Any
+    item_type: Any
+    item_code: Any
+    since: Any
+    if dialect == "postgresql":
+        w = (
+            func.jsonb_to_recordset(cast(listed, JSONB))
+            .table_valued(
+                column("k", Integer),
+                column("item_type", String),
+                column("item_code", String),
+                column("since", UTCDateTime()),
+            )
+            .render_derived(with_types=True)
+        )
+        k, item_type, item_code, since = (w.c.k, w.c.item_type, w.c.item_code, w.c.since)
+    else:
+        w = func.json_each(listed).table_valued("value")
+        k, item_type, item_code, since = (
+            func.json_extract(w.c.value, f"$.{name}")
+            for name in ("k", "item_type", "item_code", "since")
+        )
     return (
-        select(patient_history.c.item_code, func.coalesce(func.sum(patient_history.c.quantity), 0))
-        .where(
-            and_(
-                patient_history.c.patient_id == bindparam("patient"),
-                patient_history.c.item_type == bindparam("item_type"),
-                one_of(patient_history.c.item_code, "items", dialect),
-                patient_history.c.settled_at > bindparam("since"),
-                patient_history.c.settled_at <= bindparam("until"),
-                or_(
-                    patient_history.c.reversed_at.is_(None),
-                    patient_history.c.reversed_at > bindparam("until"),
+        select(
+            cast(k, Integer).label("k"),
+            func.coalesce(func.sum(h.quantity), 0).label("quantity"),
+        )
+        .select_from(
+            w.join(
+                patient_history,
+                and_(
+                    h.patient_id == bindparam("patient"),
+                    h.item_type == item_type,
+                    h.item_code == item_code,
+                    h.settled_at > since,
+                    h.settled_at <= bindparam("until"),
+                    or_(h.reversed_at.is_(None), h.reversed_at > bindparam("until")),
                 ),
             )
         )
-        .group_by(patient_history.c.item_code)
+        .group_by(k)
     )
 
 
-_WINDOW_SUMS: Final = {dialect: _window_sums(dialect) for dialect in DIALECTS}
+_STAYS: Final = select(
+    patient_history.c.settlement_id,
+    patient_history.c.institution_id,
+    patient_history.c.admit_date,
+    patient_history.c.discharge_date,
+    patient_history.c.diagnosis_code,
+).where(
+    and_(
+        patient_history.c.patient_id == bindparam("patient"),
+        patient_history.c.item_type == STAY,
+        patient_history.c.settled_at < bindparam("until"),
+        or_(
+            patient_history.c.reversed_at.is_(None),
+            patient_history.c.reversed_at > bindparam("until"),
+        ),
+    )
+)
+
+
+def history_parts(dialect: str) -> dict[str, Select[Any]]:
+    """What the rules read of a patient's history before a settlement, as parts of one
+    ``MergedRead``: the windows' quantities (``window``) and the earlier inpatient stays
+    (``stay``). Parameters: :func:`history_params`."""
+    return {"window": _window_part(dialect), "stay": _STAYS}
+
+
+def history_params(
+    *, patient_id: str, until: datetime, windows: Sequence[tuple[str, str, datetime]]
+) -> dict[str, Any]:
+    """The parameters of :func:`history_parts`: each window as (item type, item code, its
+    start, exclusive); ``until`` the end, inclusive, for the windows and exclusive for the
+    stays."""
+    return {"patient": patient_id, "until": until, "windows": list(windows)}
+
+
+@dataclass(frozen=True)
+class PatientHistory:
+    """What the rules know of a patient's history before one settlement."""
+
+    quantities: Mapping[Window, Decimal]
+    """Each window's quantity billed before the settlement (the settlement not included)."""
+    stays: tuple[Stay, ...]
+    """The inpatient stays settled before it and not reversed by then."""
+
+
+def patient_history_of(rows: Mapping[str, list[Any]], windows: Sequence[Window]) -> PatientHistory:
+    """The history from the rows of :func:`history_parts` read for ``windows``."""
+    quantities = dict.fromkeys(windows, Decimal(0))
+    for row in rows["window"]:
+        quantities[windows[row.k]] = Decimal(row.quantity)
+    return PatientHistory(
+        quantities,
+        tuple(
+            Stay(
+                r.settlement_id, r.institution_id, r.admit_date, r.discharge_date, r.diagnosis_code
+            )
+            for r in rows["stay"]
+        ),
+    )
+
+
+_HISTORY: Final = MergedRead(history_parts)
+
+
+def read_patient_history(
+    conn: Connection, *, patient_id: str, at: datetime, windows: Sequence[Window]
+) -> PatientHistory:
+    """The patient's history before a settlement at ``at`` (one statement); the scorer
+    reads the same parts within its first statement."""
+    windows = list(dict.fromkeys(windows))
+    rows = _HISTORY.read(
+        conn,
+        history_params(
+            patient_id=patient_id,
+            until=at,
+            windows=[(w.item_type, w.item_code, at - timedelta(days=w.days)) for w in windows],
+        ),
+    )
+    return patient_history_of(rows, windows)
 
 
 def window_quantities(
@@ -276,46 +448,19 @@ def window_quantities(
 ) -> dict[str, Decimal]:
     """The patient's billed quantity of each item (of ``item_type``) in (since, until],
     reversed lines left out (a line reversed at or before ``until`` does not count)."""
-    if not item_codes:
-        return {}
-    rows = conn.execute(
-        _WINDOW_SUMS[conn.dialect.name],
-        {
-            "patient": patient_id,
-            "item_type": item_type,
-            "items": sorted(item_codes),
-            "since": since,
-            "until": until,
-        },
-    )
-    return {code: Decimal(total) for code, total in rows}
-
-
-_STAYS = select(
-    patient_history.c.settlement_id,
-    patient_history.c.institution_id,
-    patient_history.c.admit_date,
-    patient_history.c.discharge_date,
-    patient_history.c.diagnosis_code,
-).where(
-    and_(
-        patient_history.c.patient_id == bindparam("patient"),
-        patient_history.c.item_type == STAY,
-        patient_history.c.settled_at < bindparam("before"),
-        or_(
-            patient_history.c.reversed_at.is_(None),
-            patient_history.c.reversed_at > bindparam("before"),
+    codes = sorted(set(item_codes))
+    rows = _HISTORY.read(
+        conn,
+        history_params(
+            patient_id=patient_id, until=until, windows=[(item_type, c, since) for c in codes]
         ),
     )
-)
+    return {codes[row.k]: Decimal(row.quantity) for row in rows["window"]}
 
 
 def earlier_stays(conn: Connection, *, patient_id: str, before: datetime) -> list[Stay]:
     """The patient's inpatient stays settled before ``before`` and not reversed by then."""
-    return [
-        Stay(r.settlement_id, r.institution_id, r.admit_date, r.discharge_date, r.diagnosis_code)
-        for r in conn.execute(_STAYS, {"patient": patient_id, "before": before})
-    ]
+    return list(read_patient_history(conn, patient_id=patient_id, at=before, windows=[]).stays)
 
 
 _HISTORY_SQL: Final = """
@@ -407,3 +552,14 @@ def load_item_reference(conn: Connection, reference: pa.Table) -> int:
     if rows:
         conn.execute(insert(item_reference), rows)
     return len(rows)
+
+
+knowledge_version = Table(
+    "knowledge_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+"""One row: the knowledge base's version. Triggers (migration 0009) bump it on every change
+of ``drugs``, ``products``, ``services`` and ``item_reference``, so a scorer holding the
+knowledge base in memory (``features.knowledge``) knows when to read it again."""

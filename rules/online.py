@@ -13,16 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, select
+import numpy as np
+from sqlalchemy import Connection
 
+from features.knowledge import KnowledgeBase, knowledge_base
 from features.settlement import LineView, SettlementView
-from features.store import earlier_stays, services, window_quantities
+from features.store import PatientHistory, Window, read_patient_history
 from rules.base import Rule, RuleBase
 from rules.templates import (
     AgeRestriction,
@@ -34,11 +36,18 @@ from rules.templates import (
     TraceCode,
 )
 from traceability.ledger import CodeCheckHit
-from traceability.store import MergedRead, drugs, one_of
 
 SHANGHAI: Final = ZoneInfo("Asia/Shanghai")
 
-__all__ = ["Execution", "LineView", "Outcome", "SettlementView", "evaluate"]
+__all__ = [
+    "Execution",
+    "LineView",
+    "Outcome",
+    "SettlementView",
+    "evaluate",
+    "evaluate_in_store",
+    "windows_needed",
+]
 
 
 class Outcome(StrEnum):
@@ -59,54 +68,6 @@ class Execution:
     error: str = ""
 
 
-@dataclass(frozen=True)
-class _Catalog:
-    """The knowledge base rows of the settlement's items, by (item_type, item_code)."""
-
-    rows: dict[tuple[str, str], dict[str, Any]]
-
-    def get(self, item_type: str, item_code: str, name: str) -> Any:
-        return self.rows.get((item_type, item_code), {}).get(name)
-
-
-_CATALOG: Final = MergedRead(
-    lambda dialect: {
-        "drug": select(
-            drugs.c.drug_code.label("code"),
-            drugs.c.gender_restriction,
-            drugs.c.min_age,
-            drugs.c.max_age,
-            drugs.c.max_units_per_day,
-        ).where(one_of(drugs.c.drug_code, "drugs", dialect)),
-        "service": select(
-            services.c.service_code.label("code"),
-            services.c.gender_restriction,
-            services.c.min_age,
-            services.c.max_age,
-            services.c.max_times,
-            services.c.period_days,
-        ).where(one_of(services.c.service_code, "services", dialect)),
-    }
-)
-"""The knowledge base rows of a settlement's drugs and services (their limits), in one
-statement."""
-
-
-def _catalog(conn: Connection, view: SettlementView) -> _Catalog:
-    codes = {
-        item_type: sorted({line.item_code for line in view.lines if line.item_type == item_type})
-        for item_type in ("drug", "service")
-    }
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    if codes["drug"] or codes["service"]:
-        read = _CATALOG.read(conn, {"drugs": codes["drug"], "services": codes["service"]})
-        for item_type, found in read.items():
-            for row in found:
-                mapping = row._asdict()
-                rows[(item_type, mapping.pop("code"))] = mapping
-    return _Catalog(rows)
-
-
 def age_on(birth: date, day: date) -> int:
     """Whole years of age on ``day``."""
     return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
@@ -117,27 +78,65 @@ def _in_scope(rule: Rule, line: LineView) -> bool:
     return items is None or line.item_code in items
 
 
-def _limit(rule: Rule, catalog: _Catalog, line: LineView, name: str) -> Any:
+def _limit(rule: Rule, knowledge: KnowledgeBase, line: LineView, name: str) -> Any:
     """The rule's own limit for its listed items, else the catalog's."""
     own = getattr(rule.params, name, None)
     if getattr(rule.params, "items", None) is not None and own is not None:
         return own
-    return catalog.get(line.item_type, line.item_code, name)
+    return knowledge.limit(line.item_type, line.item_code, name)
+
+
+def _window_plan(
+    rule: Rule, knowledge: KnowledgeBase, view: SettlementView
+) -> list[tuple[LineView, Any, int]]:
+    """The lines of a look-back rule (over-frequency: services; over-quantity: drugs) that
+    have a limit, each with its limit and window length in days."""
+    frequency = isinstance(rule.template, OverFrequency)
+    item_type = "service" if frequency else "drug"
+    planned: list[tuple[LineView, Any, int]] = []
+    for line in view.lines:
+        if line.item_type != item_type or not _in_scope(rule, line):
+            continue
+        if frequency:
+            limit = _limit(rule, knowledge, line, "max_times")
+            days = _limit(rule, knowledge, line, "period_days")
+        else:
+            limit = _limit(rule, knowledge, line, "max_units_per_day")
+            days = rule.params.window_days  # type: ignore[attr-defined]
+        if limit is not None and days is not None:
+            planned.append((line, limit, int(days)))
+    return planned
+
+
+def windows_needed(
+    rulebase: RuleBase, knowledge: KnowledgeBase, view: SettlementView
+) -> list[Window]:
+    """The look-back windows the rule base reads for ``view``: what the patient's history
+    must give (``features.store.PatientHistory``) before the rules run."""
+    return list(
+        dict.fromkeys(
+            Window(line.item_type, line.item_code, days)
+            for rule in rulebase.enabled
+            if isinstance(rule.template, OverFrequency | OverQuantity)
+            for line, _, days in _window_plan(rule, knowledge, view)
+        )
+    )
 
 
 class _Evaluation:
     def __init__(
         self,
-        conn: Connection,
         view: SettlementView,
+        knowledge: KnowledgeBase,
+        history: PatientHistory,
         trace_hits: Sequence[CodeCheckHit],
         blacklisted: bool,
     ) -> None:
-        self.conn = conn
         self.view = view
+        self.knowledge = knowledge
+        self.history = history
         self.trace_hits = trace_hits
         self.blacklisted = blacklisted
-        self.catalog = _catalog(conn, view)
         self.local_day = view.settled_at.astimezone(SHANGHAI).date()
 
     def run(self, rule: Rule) -> list[tuple[int | None, dict[str, Any]]]:
@@ -167,11 +166,17 @@ class _Evaluation:
     def _fires(
         self, rule: Rule, candidates: list[tuple[int | None, dict[str, Any]]]
     ) -> list[tuple[int | None, dict[str, Any]]]:
-        return [
-            (line_no, facts)
-            for line_no, facts in candidates
-            if rule.fires(rule.template.facts_of(facts))
-        ]
+        """The candidates (line, facts) on which the rule's predicate holds: one call of
+        the predicate over all of them, a column per fact, as batch calls it."""
+        if not candidates:
+            return []
+        facts = rule.template.facts_of(
+            {name: [each[name] for _, each in candidates] for name in candidates[0][1]}
+        )
+        fired = np.broadcast_to(
+            np.asarray(rule.template.predicate(rule.params, facts)), (len(candidates),)
+        )
+        return [candidate for candidate, hit in zip(candidates, fired, strict=True) if hit]
 
     def _lines(self, rule: Rule, item_types: Sequence[str]) -> list[LineView]:
         return [
@@ -184,7 +189,7 @@ class _Evaluation:
         own = getattr(rule.params, "gender", None)
         out: list[tuple[int | None, dict[str, Any]]] = []
         for line in self._lines(rule, rule.params.item_types):  # type: ignore[attr-defined]
-            restriction = own or self.catalog.get(
+            restriction = own or self.knowledge.limit(
                 line.item_type, line.item_code, "gender_restriction"
             )
             if restriction is not None:
@@ -203,44 +208,22 @@ class _Evaluation:
         age = age_on(self.view.birth_date, self.local_day)
         out: list[tuple[int | None, dict[str, Any]]] = []
         for line in self._lines(rule, rule.params.item_types):  # type: ignore[attr-defined]
-            lo = _limit(rule, self.catalog, line, "min_age")
-            hi = _limit(rule, self.catalog, line, "max_age")
+            lo = _limit(rule, self.knowledge, line, "min_age")
+            hi = _limit(rule, self.knowledge, line, "max_age")
             if lo is not None or hi is not None:
                 out.append((line.line_no, {"patient_age": age, "min_age": lo, "max_age": hi}))
         return out
 
     def _window_facts(self, rule: Rule, item_type: str) -> list[tuple[int | None, dict[str, Any]]]:
         frequency = item_type == "service"
-        lines = self._lines(rule, (item_type,))
         own_units: dict[str, Decimal] = {}
-        for line in lines:
+        for line in self._lines(rule, (item_type,)):
             own_units[line.item_code] = own_units.get(line.item_code, Decimal(0)) + line.quantity
-        limited: list[tuple[LineView, Any, int]] = []
-        for line in lines:
-            if frequency:
-                limit = _limit(rule, self.catalog, line, "max_times")
-                days = _limit(rule, self.catalog, line, "period_days")
-            else:
-                limit = _limit(rule, self.catalog, line, "max_units_per_day")
-                days = rule.params.window_days  # type: ignore[attr-defined]
-            if limit is not None and days is not None:
-                limited.append((line, limit, int(days)))
-        # one look-up per window length (one for the whole rule, as a rule's items
-        # usually share their period), each summing every item of that length
-        earlier: dict[tuple[int, str], Decimal] = {}
-        for days in sorted({days for _, _, days in limited}):
-            sums = window_quantities(
-                self.conn,
-                patient_id=self.view.patient_id,
-                item_codes=sorted({line.item_code for line, _, d in limited if d == days}),
-                since=self.view.settled_at - timedelta(days=days),
-                until=self.view.settled_at,
-                item_type=item_type,
-            )
-            earlier.update({(days, code): total for code, total in sums.items()})
+        quantities = self.history.quantities
         out: list[tuple[int | None, dict[str, Any]]] = []
-        for line, limit, days in limited:
-            count = int(earlier.get((days, line.item_code), Decimal(0)) + own_units[line.item_code])
+        for line, limit, days in _window_plan(rule, self.knowledge, self.view):
+            earlier = quantities[Window(line.item_type, line.item_code, days)]
+            count = int(earlier + own_units[line.item_code])
             if frequency:
                 facts = {"times_in_period": count, "max_times": int(limit)}
             else:
@@ -260,7 +243,7 @@ class _Evaluation:
         group = view.diagnosis_code[:chars]
         gaps = [
             (view.admit_date - stay.discharge_date).days
-            for stay in earlier_stays(self.conn, patient_id=view.patient_id, before=view.settled_at)
+            for stay in self.history.stays
             if stay.institution_id == view.institution_id
             and stay.diagnosis_code
             and stay.diagnosis_code[:chars] == group
@@ -278,15 +261,18 @@ class _Evaluation:
 
 
 def evaluate(
-    conn: Connection,
     rulebase: RuleBase,
     view: SettlementView,
     *,
+    knowledge: KnowledgeBase,
+    history: PatientHistory,
     trace_hits: Sequence[CodeCheckHit],
     blacklisted: bool = False,
 ) -> list[Execution]:
-    """Run every enabled rule of ``rulebase`` on ``view``; one execution a rule."""
-    evaluation = _Evaluation(conn, view, trace_hits, blacklisted)
+    """Run every enabled rule of ``rulebase`` on ``view``; one execution a rule. The facts
+    come from the knowledge base, the patient's history before the settlement (read for
+    :func:`windows_needed`) and the code checks."""
+    evaluation = _Evaluation(view, knowledge, history, trace_hits, blacklisted)
     executions = []
     for rule in rulebase.enabled:
         started = time.perf_counter_ns()
@@ -312,3 +298,30 @@ def evaluate(
             )
         )
     return executions
+
+
+def evaluate_in_store(
+    conn: Connection,
+    rulebase: RuleBase,
+    view: SettlementView,
+    *,
+    trace_hits: Sequence[CodeCheckHit],
+    blacklisted: bool = False,
+) -> list[Execution]:
+    """:func:`evaluate` with its facts read from ``conn``'s store (the scorer reads them
+    within its first statement instead)."""
+    knowledge = knowledge_base(conn)
+    history = read_patient_history(
+        conn,
+        patient_id=view.patient_id,
+        at=view.settled_at,
+        windows=windows_needed(rulebase, knowledge, view),
+    )
+    return evaluate(
+        rulebase,
+        view,
+        knowledge=knowledge,
+        history=history,
+        trace_hits=trace_hits,
+        blacklisted=blacklisted,
+    )

@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
-from sqlalchemy import Connection
 
 from features.settlement import SettlementView
-from features.settlement_features import SETTLEMENT_FEATURES, online_settlement_vector
+from features.settlement_features import SETTLEMENT_FEATURES
 
 if TYPE_CHECKING:  # the registry imports MLflow: only ``refresh`` needs it, off the request path
     from models.registry import ScoringModel
@@ -142,9 +142,10 @@ class ModelInForce:
         log.info("model loaded", extra={"alias": alias, "version": loaded.version})
         return loaded
 
-    def signal(self, conn: Connection, view: SettlementView) -> ModelSignal:
-        """The champion's score of ``view`` (features from the stored state, before the
-        settlement is recorded), or a degraded signal saying why there is none."""
+    def signal(self, view: SettlementView, features: Callable[[], np.ndarray]) -> ModelSignal:
+        """The champion's score of ``view`` on its ``features`` (the online vector, from the
+        stored state before the settlement is recorded; computed within the time budget), or
+        a degraded signal saying why there is none."""
         champion, challenger = self.champion, self.challenger
         if champion is None:
             return ModelSignal(
@@ -160,7 +161,7 @@ class ModelInForce:
             )
         started = time.perf_counter()
         try:
-            row = online_settlement_vector(conn, view)
+            row = features()
             score = champion.predict_row(row)
         except Exception as error:
             log.exception("model failed", extra={"settlement_id": view.settlement_id})

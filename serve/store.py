@@ -10,7 +10,9 @@ RETURNING``.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,8 +40,16 @@ METADATA: tuple[MetaData, ...] = (
 """Every table the store holds, by the layer that owns it (Alembic compares against these)."""
 
 
-def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for the store at ``url``, tuned for the scorer's short transactions."""
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+"""A SQLite WAL is truncated back to this size once checkpointed."""
+
+
+def create_store_engine(
+    url: str, *, pool_size: int = 5, background_checkpoints: bool = False
+) -> Engine:
+    """An engine for the store at ``url``, tuned for the scorer's short transactions.
+    ``background_checkpoints`` (SQLite): no commit checkpoints the WAL; the caller runs
+    :class:`Checkpoints` beside it (the scorer does)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -54,6 +64,9 @@ def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            if background_checkpoints:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -61,8 +74,14 @@ def create_store_engine(url: str, *, pool_size: int = 5) -> Engine:
             begin_immediate(conn.connection.dbapi_connection)
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No ``pool_pre_ping``: it cost a round trip on every checkout, one a settlement. A
+    # connection the server dropped (a restart) fails its first statement instead; the
+    # error invalidates it (``traceability.store.driver_cursor``, or SQLAlchemy's own),
+    # the request is answered 503 with nothing decided, and the retry gets a fresh one.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
+
+log = logging.getLogger("fundguard.store")
 
 BUSY_SECONDS = 30.0
 """How long a SQLite transaction waits for another writer before it fails."""
@@ -88,6 +107,60 @@ def begin_immediate(dbapi_connection: Any) -> None:
             pause = min(pause * 1.5, 0.002)
     finally:
         dbapi_connection.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+
+
+class Checkpoints:
+    """Checkpoints of a SQLite store's WAL in a background thread, every ``every`` seconds,
+    for an engine made with ``background_checkpoints``.
+
+    SQLite checkpoints the WAL in the commit that takes it past 1,000 pages: that commit
+    copies the pages into the database file and waits for two fsyncs. A settlement writes
+    some forty pages (random keys in the ledger, the history and their indexes), so every
+    twenty-fifth settlement paid for a checkpoint: 0.75 ms a commit on average, the largest
+    single cost of a settlement once its statements were few
+    (``benchmarks/scoring_path.py --profile``). Here the copying and the fsyncs happen
+    beside the requests. Checkpoints are passive (they wait for no reader or writer); a
+    second worker's checkpointer running at the same moment makes one of them a no-op.
+    Nothing to do on PostgreSQL.
+    """
+
+    def __init__(self, engine: Engine, every: float = 0.25) -> None:
+        self.engine = engine
+        self.every = every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Checkpoints:
+        if self.engine.dialect.name == "sqlite" and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="fundguard-checkpoints", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """One passive checkpoint now."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        raw = self.engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        except sqlite3.OperationalError as exc:  # busy: another worker is checkpointing
+            log.debug("checkpoint skipped: %s", exc)
+        finally:
+            raw.close()
+
+    def stop(self) -> None:
+        """Stop the thread, after a last checkpoint."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            self.checkpoint()
 
 
 def store_exists(url: str) -> bool:
