@@ -9,12 +9,14 @@ these machines a sync handler costs about four times the CPU (FLOORS.md).
 from __future__ import annotations
 
 import asyncio
+import email.message
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import (
     APIRouter,
@@ -27,8 +29,14 @@ from fastapi import (
     Request,
     Response,
 )
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.constants import REF_PREFIX
+from fastapi.openapi.models import OpenAPI
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -36,7 +44,7 @@ from rules.credit import SHANGHAI, Party, load_scheme
 from serve import audit, blacklist, cases, scoring
 from serve import credit as credit_accounts
 from serve.keys import Caller, KeyRing, Role
-from serve.metrics import Metrics
+from serve.metrics import Metrics, RequestMetrics
 from serve.model import ModelInForce
 from serve.rulebase import RuleBaseInForce
 from serve.schemas import (
@@ -60,44 +68,58 @@ from serve.schemas import (
     VerdictIn,
 )
 from serve.settings import Settings
-from serve.store import create_store_engine
+from serve.store import Checkpoints, create_store_engine
 from serve.web import routes as web_pages
 from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 
 JSON = "application/json"
 log = logging.getLogger("fundguard.scorer")
-_bearer = HTTPBearer(auto_error=False, description="an API key: `fundguard keys create`")
 
 
-def requires(*roles: Role) -> Callable[..., Awaitable[Caller]]:
-    """A dependency admitting callers whose key has one of ``roles`` (admin: every role)."""
+class _ApiKey(HTTPBearer):
+    """The caller of a request, by its key (``Authorization: Bearer <key>``), admitted when
+    the key has one of ``roles`` (admin: every role).
 
-    async def caller(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Caller:
-        if credentials is None:
+    An ``HTTPBearer`` read and checked in one dependency (FastAPI solves one per request
+    instead of the bearer and a checker over it); being a security scheme named
+    ``HTTPBearer``, the OpenAPI document describes it as before."""
+
+    def __init__(self, *roles: Role) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="HTTPBearer",
+            description="an API key: `fundguard keys create`",
+        )
+        self.roles = roles
+        self.allowed = ", ".join(r.value for r in roles)
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+        if not (scheme and key) or scheme.lower() != "bearer":
             raise HTTPException(
                 status_code=401,
                 detail="an API key is needed: Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        found: Caller | None = request.app.state.keys.caller(credentials.credentials)
+        found: Caller | None = request.app.state.keys.caller(key)
         if found is None:
             raise HTTPException(
                 status_code=401,
                 detail="unknown or revoked API key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if found.role is not Role.ADMIN and found.role not in roles:
-            allowed = ", ".join(r.value for r in roles)
+        if found.role is not Role.ADMIN and found.role not in self.roles:
             raise HTTPException(
-                status_code=403, detail=f"a {found.role.value} key may not do this ({allowed} only)"
+                status_code=403,
+                detail=f"a {found.role.value} key may not do this ({self.allowed} only)",
             )
         return found
 
-    return caller
+
+def requires(*roles: Role) -> Callable[..., Awaitable[Caller]]:
+    """A dependency admitting callers whose key has one of ``roles`` (admin: every role)."""
+    return _ApiKey(*roles)
 
 
 SettlementSystem = Annotated[Caller, Depends(requires(Role.SETTLEMENT))]
@@ -110,6 +132,106 @@ Inspector = Annotated[Caller, Depends(requires(Role.INSPECTOR))]
 DecisionReader = Annotated[Caller, Depends(requires(Role.SETTLEMENT, Role.INSPECTOR))]
 """Who may read a past decision: the settlement system, and inspectors within their regions
 (the region of the decision's institution)."""
+
+
+_SETTLEMENT_BODY: Final = {
+    "requestBody": {
+        "content": {JSON: {"schema": {"$ref": f"{REF_PREFIX}SettlementIn"}}},
+        "required": True,
+    }
+}
+"""The body of ``POST /v1/score`` as FastAPI documents a ``SettlementIn`` body parameter
+(the route reads its body itself: :func:`read_settlement`)."""
+_VALIDATION_ERROR: Final[dict[int | str, dict[str, Any]]] = {
+    422: {
+        "description": "Validation Error",
+        "content": {JSON: {"schema": {"$ref": f"{REF_PREFIX}HTTPValidationError"}}},
+    }
+}
+
+
+def read_settlement(body: bytes, content_type: str | None) -> SettlementIn:
+    """The settlement in a request's raw ``body``, read exactly as FastAPI reads a
+    ``SettlementIn`` body parameter, only faster where it can be.
+
+    A JSON body (``application/json``) goes straight through ``model_validate_json``.
+    Anything that does not pass (or another content type) is read again the way FastAPI
+    reads a body: JSON only under a JSON content type (else the bytes themselves), a body
+    that is not JSON a 422 ``json_invalid`` at ``("body", position)``, one that cannot be
+    decoded a 400, no body a 422 ``missing``, and the value validated as FastAPI does
+    (``from_attributes``), every problem a 422 located under ``"body"``
+    (``RequestValidationError``, answered by FastAPI's own handler). So a bad request gets
+    the same answer as from a FastAPI body parameter, and a request such a parameter
+    accepts is accepted (a UTF-8 byte order mark, say)."""
+    if content_type == JSON and body:
+        try:
+            return SettlementIn.model_validate_json(body)
+        except ValidationError:
+            pass  # named below, as FastAPI names them
+    if not body:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    value: Any = body  # not JSON: FastAPI validates the bytes themselves
+    if content_type and _is_json(content_type):
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body", error.pos),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": error.msg},
+                    }
+                ],
+                body=error.doc,
+            ) from error
+        except Exception as error:  # undecodable bytes, nesting too deep
+            raise HTTPException(
+                status_code=400, detail="There was an error parsing the body"
+            ) from error
+    try:
+        return SettlementIn.model_validate(value, from_attributes=True)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)],
+            body=value,
+        ) from None
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of ``content_type`` as JSON."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def _openapi_with_settlement(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` with the schemas of ``SettlementIn`` (and of the models it nests)
+    among the components, where FastAPI puts those of a body parameter."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            schema = TypeAdapter(SettlementIn).json_schema(
+                ref_template=f"{REF_PREFIX}{{model}}", mode="validation"
+            )
+            schemas = document["components"]["schemas"]
+            schemas.update(schema.pop("$defs", {}), SettlementIn=schema)
+            document["components"]["schemas"] = dict(sorted(schemas.items()))
+            # through FastAPI's OpenAPI model, as get_openapi does (1.0 for 1, no null defaults)
+            app.openapi_schema = jsonable_encoder(
+                OpenAPI.model_validate(document), by_alias=True, exclude_none=True
+            )
+        return app.openapi_schema
+
+    return openapi
 
 
 async def _follow_model(model: ModelInForce, every: float) -> None:
@@ -125,7 +247,10 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
-        app.state.engine = engine or create_store_engine(settings.store_url)
+        app.state.engine = engine or create_store_engine(
+            settings.store_url, background_checkpoints=True
+        )
+        checkpoints = Checkpoints(app.state.engine).start() if own else None
         app.state.rules = RuleBaseInForce(settings.rules_file)
         app.state.keys = KeyRing(app.state.engine)
         app.state.credit = load_scheme(settings.credit_file)
@@ -143,6 +268,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         finally:
             follow.cancel()
             metrics.leave()  # several workers: this one's live gauges stop counting
+            if checkpoints is not None:
+                await asyncio.to_thread(checkpoints.stop)
             if own:
                 app.state.engine.dispose()
 
@@ -155,7 +282,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
 
     metrics = Metrics()
     app.state.metrics = metrics
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     api = APIRouter(
         responses={
@@ -183,40 +310,53 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             content={"detail": f"the store is unavailable, nothing was decided: {exc.orig!r}"},
         )
 
-    @api.post("/v1/score", response_model=ScoreOut, tags=["scoring"])
-    async def score(settlement: SettlementIn, request: Request, _: SettlementSystem) -> Response:
+    @api.post(
+        "/v1/score",
+        response_model=ScoreOut,
+        responses=_VALIDATION_ERROR,
+        tags=["scoring"],
+        openapi_extra=_SETTLEMENT_BODY,
+    )
+    async def score(request: Request, _: SettlementSystem) -> Response:
+        # the settlement is read from the raw body (read_settlement): the request's bytes
+        # are what its sha256 is stored of, and validating them once, as JSON, is cheaper
+        # than FastAPI's parsing of a body parameter (and no docstring: none in the OpenAPI)
+        raw = await request.body()
+        settlement = read_settlement(raw, request.headers.get("content-type"))
+        state = request.app.state
         scored = scoring.score(
-            request.app.state.engine,
+            state.engine,
             settlement,
-            settlement.model_dump_json().encode(),
-            request.app.state.rules.current(),
-            request.app.state.model,
+            raw,
+            state.rules.current(),
+            state.model,
             settings.watch_review_threshold,
-            request.app.state.credit,
+            state.credit,
         )
         if scored.replayed:
             metrics.replayed.inc()
         else:
-            metrics.decisions.labels(scored.decision).inc()
+            metrics.counted(scored.decision).inc()
             if scored.degraded_cause:
                 metrics.degraded.labels(scored.degraded_cause).inc()
             for rule_id, action in scored.hits:
-                metrics.hits.labels(rule_id, action).inc()
-        log.info(
-            "decision",
-            extra={
-                "settlement_id": settlement.settlement_id,
-                "institution_id": settlement.institution_id,
-                "decision": scored.decision,
-                "rules": [rule_id for rule_id, _ in scored.hits],
-                "degraded": scored.degraded,
-                "degraded_cause": scored.degraded_cause,
-                "model_score": scored.model_score,
-                "challenger_version": scored.challenger_version,
-                "challenger_score": scored.challenger_score,
-                "replayed": scored.replayed,
-            },
-        )
+                metrics.hit(rule_id, action).inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "decision",
+                extra={
+                    "settlement_id": settlement.settlement_id,
+                    "institution_id": settlement.institution_id,
+                    "decision": scored.decision,
+                    "rules": [rule_id for rule_id, _ in scored.hits],
+                    "degraded": scored.degraded,
+                    "degraded_cause": scored.degraded_cause,
+                    "model_score": scored.model_score,
+                    "challenger_version": scored.challenger_version,
+                    "challenger_score": scored.challenger_score,
+                    "replayed": scored.replayed,
+                },
+            )
         return Response(content=scored.body, media_type=JSON)
 
     @api.get(
@@ -504,6 +644,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
             "model": request.app.state.model.describe(),
         }
 
+    app.openapi = _openapi_with_settlement(app)  # type: ignore[method-assign]
     return app
 
 

@@ -25,14 +25,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -83,6 +83,10 @@ class Metrics:
         )  # fmt: skip
         self.workers.set(1)
         self._shared = multiprocess_dir()
+        # the children of the labelled metrics, looked up once per label values
+        self._requests: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
+        self._decisions: dict[str, Counter] = {}
+        self._hits: dict[tuple[str, str], Counter] = {}
 
     def leave(self) -> None:
         """This worker stops serving (the app's shutdown): with several workers, its live
@@ -103,26 +107,75 @@ class Metrics:
         MultiProcessCollector(merged, path=str(self._shared))  # type: ignore[no-untyped-call]
         return Response(generate_latest(merged), media_type="text/plain; version=0.0.4")
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    def counted(self, decision: str) -> Counter:
+        """The counter child of ``decision`` (``labels`` looked up once per value)."""
+        child = self._decisions.get(decision)
+        if child is None:
+            child = self._decisions[decision] = self.decisions.labels(decision)
+        return child
+
+    def hit(self, rule_id: str, action: str) -> Counter:
+        """The counter child of a rule hit (``labels`` looked up once per rule and action)."""
+        child = self._hits.get((rule_id, action))
+        if child is None:
+            child = self._hits[rule_id, action] = self.hits.labels(rule_id, action)
+        return child
+
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One request answered: its latency and its count, by route, method and status."""
+        children = self._requests.get((route, method, status))
+        if children is None:
+            children = self._requests[route, method, status] = (
+                self.latency.labels(route, method),
+                self.requests.labels(route, method, str(status)),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
+
+
+class RequestMetrics:
+    """ASGI middleware counting every HTTP request of the app into ``metrics``: requests
+    by route, method and status, their latency and the requests in flight.
+
+    A plain ASGI app rather than ``BaseHTTPMiddleware`` (``app.middleware("http")``), which
+    runs the rest of the app in a task of its own and wraps the request and the response:
+    here the request passes straight through, and only the status of the answer is read
+    on its way out. A request that raises before answering is counted as the 500 that
+    Starlette's outermost middleware answers for it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        self.in_flight.inc()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
         try:
-            response = await call_next(request)
+            await self.app(scope, receive, send_status)
         finally:
-            self.in_flight.dec()
-        route = _route(request)
-        self.latency.labels(route, request.method).observe(time.perf_counter() - started)
-        self.requests.labels(route, request.method, str(response.status_code)).inc()
-        return response
+            in_flight.dec()
+            self.metrics.answered(
+                _route(scope), scope["method"], status, time.perf_counter() - started
+            )
 
 
-def _route(request: Request) -> str:
+def _route(scope: Scope) -> str:
     """The template of the route that answered (``/v1/settlements/{settlement_id}/reversal``),
     not the path: one label value per route, whatever the ids. The router leaves it in the
     request's scope."""
-    route = request.scope.get("route")
+    route = scope.get("route")
     return str(getattr(route, "path", None) or "unmatched")
 
 

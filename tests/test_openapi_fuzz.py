@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import schemathesis
 from conftest import bearer
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
@@ -26,6 +27,7 @@ from schemathesis.checks import (
 )
 
 from serve.app import create_app
+from serve.schemas import SettlementIn
 from serve.settings import Settings
 from serve.store import create_store_engine, upgrade
 
@@ -50,6 +52,34 @@ CHECKS = [
     negative_data_rejection,
     a_422_names_its_fields,
 ]
+
+
+def test_the_score_body_is_documented_as_a_fastapi_body_parameter(sqlite_url: str) -> None:
+    """``POST /v1/score`` reads its body itself; its document says what FastAPI says of a
+    ``SettlementIn`` body parameter: the request body, the 422, and the schemas of the
+    models (``SettlementIn`` and what it nests) among the components."""
+    reference = FastAPI()
+
+    @reference.post("/v1/score")
+    async def score(settlement: SettlementIn) -> None:
+        """Nothing: its document only."""
+
+    upgrade(sqlite_url)
+    engine = create_store_engine(sqlite_url)
+    try:
+        with TestClient(create_app(Settings(), engine=engine)) as client:
+            ours = client.get("/openapi.json").json()
+    finally:
+        engine.dispose()
+    theirs = reference.openapi()
+    operation, expected = ours["paths"]["/v1/score"]["post"], theirs["paths"]["/v1/score"]["post"]
+    assert operation["requestBody"] == expected["requestBody"]
+    assert operation["responses"]["422"] == expected["responses"]["422"]
+    assert "description" not in operation
+    assert {"SettlementIn", "PatientIn", "ItemIn"} <= set(theirs["components"]["schemas"])
+    for name, schema in theirs["components"]["schemas"].items():
+        assert ours["components"]["schemas"][name] == schema, name
+    assert list(ours["components"]["schemas"]) == sorted(ours["components"]["schemas"])
 
 
 @pytest.mark.slow

@@ -6,12 +6,15 @@ Runs the real app (TestClient) over a real store, on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from conftest import bearer
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from scoring_requests import purchase, settlement
 from sqlalchemy import Engine, func, select
@@ -19,6 +22,7 @@ from sqlalchemy import Engine, func, select
 from features.store import services
 from rules.base import shipped_rulebase
 from serve.app import create_app
+from serve.schemas import SettlementIn
 from serve.settings import Settings
 from serve.tables import blacklist, decisions, rule_executions
 from traceability.codes import gs1_hri, gs1_raw
@@ -365,33 +369,40 @@ def test_a_repeated_request_is_counted_apart_and_every_decision_is_logged(
 
 
 def test_the_log_lines_are_json_objects_naming_the_settlement() -> None:
-    """The formatter ``fundguard serve`` configures, on a logger of its own (the test
-    leaves the process's logging as it found it)."""
+    """The formatter ``fundguard serve`` configures, built as ``dictConfig`` builds it, on a
+    logger of its own (the test leaves the process's logging as it found it)."""
+    import importlib
     import io
     import json
     import logging
 
-    from pythonjsonlogger.json import JsonFormatter
-
     from serve.logs import log_config
 
     options = dict(log_config()["formatters"]["json"])
-    assert options.pop("()") == "pythonjsonlogger.json.JsonFormatter"
+    module, _, name = options.pop("()").rpartition(".")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(**options))
+    handler.setFormatter(getattr(importlib.import_module(module), name)(**options))
     logger = logging.getLogger("fundguard.test-json")
     logger.addHandler(handler)
     logger.propagate = False
+    extra = {
+        "settlement_id": "S1", "institution_id": "H320102 第一医院", "decision": "reject",
+        "rules": ["TC002", "R7"], "degraded": True, "model_score": None,
+    }  # fmt: skip
     try:
-        logger.warning("decision", extra={"settlement_id": "S1", "decision": "pass"})
+        logger.warning("decision", extra=extra)
     finally:
         logger.removeHandler(handler)
-    record = json.loads(stream.getvalue().splitlines()[-1])
-    assert record["settlement_id"] == "S1"
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert {k: record[k] for k in extra} == extra
     assert record["message"] == "decision"
     assert record["level"] == "WARNING"
     assert record["logger"] == "fundguard.test-json"
+    assert "time" in record
+    assert "process" in record
 
 
 ENDPOINTS = [
@@ -437,3 +448,146 @@ def test_a_revoked_key_stops_working(store: Engine) -> None:
         assert client.post("/v1/trace-events", json=[]).status_code == 200
         assert revoke_key(store, key_id)
         assert client.post("/v1/trace-events", json=[]).status_code == 401
+
+
+def reference_app() -> FastAPI:
+    """FastAPI reading a ``SettlementIn`` body parameter: what ``/v1/score`` must answer to
+    a bad body (it reads the raw body itself, faster)."""
+    app = FastAPI()
+
+    @app.post("/v1/score")
+    async def score(settlement: SettlementIn) -> dict[str, str]:
+        return {"settlement_id": settlement.settlement_id}
+
+    return app
+
+
+def _valid(settlement_id: str) -> bytes:
+    return json.dumps(settlement(settlement_id, C1)).encode()
+
+
+JSON_TYPE = "application/json"
+RAW_BODIES = [  # name, content type, body
+    ("not JSON", JSON_TYPE, lambda i: b"{bad}"),
+    ("cut short", JSON_TYPE, lambda i: _valid(i)[:40]),
+    ("trailing garbage", JSON_TYPE, lambda i: _valid(i) + b" x"),
+    ("blank", JSON_TYPE, lambda i: b"   "),
+    ("empty", JSON_TYPE, lambda i: b""),
+    ("an array", JSON_TYPE, lambda i: b"[]"),
+    ("a string", JSON_TYPE, lambda i: b'"S1"'),
+    ("null", JSON_TYPE, lambda i: b"null"),
+    ("an empty object", JSON_TYPE, lambda i: b"{}"),
+    ("not UTF-8", JSON_TYPE, lambda i: b'{"settlement_id": "\xff"}'),
+    ("a repeated key", JSON_TYPE, lambda i: _valid(i)[:-1] + b', "visit_type": "home"}'),
+    ("an unknown field", JSON_TYPE, lambda i: _valid(i)[:-1] + b', "foo": 1}'),
+    ("three problems", JSON_TYPE, lambda i: _valid(i).replace(b'"F"', b'"X"').replace(b'"pharmacy"', b'"home"').replace(b'"48.00"', b'"x"', 1)),
+    ("a byte order mark", JSON_TYPE, lambda i: b"\xef\xbb\xbf" + _valid(i)),
+    ("UTF-16", JSON_TYPE, lambda i: _valid(i).decode().encode("utf-16")),
+    ("valid", JSON_TYPE, _valid),
+    ("valid, charset", "application/json; charset=utf-8", _valid),
+    ("valid, +json", "application/problem+json", _valid),
+    ("valid, capitals", "Application/JSON", _valid),
+    ("not JSON, charset", "application/json; charset=utf-8", lambda i: b"{bad}"),
+    ("valid, text/plain", "text/plain", _valid),
+    ("valid, no content type", None, _valid),
+    ("empty, text/plain", "text/plain", lambda i: b""),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type", "make"), RAW_BODIES, ids=[b[0] for b in RAW_BODIES]
+)
+def test_a_body_is_read_as_fastapi_reads_a_body_parameter(
+    client: TestClient, name: str, content_type: str | None, make: Any
+) -> None:
+    """Same status as FastAPI's own reading of a ``SettlementIn`` parameter, and for a bad
+    body the same answer: every problem, located under ``body`` as FastAPI locates it."""
+    purchase(client, C1)
+    headers = {"Content-Type": content_type} if content_type else {}
+    content = make("S1")
+    with TestClient(reference_app(), raise_server_exceptions=False) as reference:
+        expected = reference.post("/v1/score", content=content, headers=headers)
+    got = client.post("/v1/score", content=content, headers=headers)
+    assert got.status_code == expected.status_code, (name, got.text, expected.text)
+    if expected.status_code == 200:
+        assert got.json()["settlement_id"] == "S1"
+    else:
+        assert got.json() == expected.json()
+        assert got.headers["content-type"] == expected.headers["content-type"]
+
+
+def test_the_request_sha256_is_of_the_bytes_sent(client: TestClient) -> None:
+    purchase(client, C1)
+    raw = b" " + json.dumps(settlement("S1", C1), indent=2, ensure_ascii=False).encode() + b"\n"
+    sent = client.post("/v1/score", content=raw, headers={"Content-Type": JSON_TYPE})
+    assert sent.status_code == 200
+    stored = client.get("/v1/decisions/S1").json()["request_sha256"]
+    assert stored == hashlib.sha256(raw).hexdigest()
+
+
+def test_the_key_is_checked_before_the_body_is_read(client: TestClient, store: Engine) -> None:
+    """No key: a 401, another role's key: a 403, whatever the body (even one that is not
+    JSON): nothing of the request is read for a caller who may not make it."""
+    inspector = bearer(store, "inspector", "320102")
+    for body in (b"{bad}", b"", b"[]", b'{"settlement_id": "\xff"}', _valid("S1")):
+        headers = {"Content-Type": JSON_TYPE}
+        anonymous = TestClient(client.app).post("/v1/score", content=body, headers=headers)
+        assert anonymous.status_code == 401, body
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        other = client.post("/v1/score", content=body, headers={**headers, **inspector})
+        assert other.status_code == 403, body
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Basic dXNlcjpwYXNz", 401),
+        ("Bearer", 401),
+        ("Bearer ", 401),
+        ("Bearer fg_00000000_nope", 401),
+        ("Bearer nope", 401),
+        ("bearer {key}", 200),
+        ("BEARER {key}", 200),
+        ("Bearer {key}  ", 200),
+        ("Bearer {key}", 200),
+    ],
+)
+def test_the_authorization_header_is_read_as_http_bearer_reads_it(
+    client: TestClient, store: Engine, authorization: str | None, status: int
+) -> None:
+    key = bearer(store, "settlement")["Authorization"].removeprefix("Bearer ")
+    headers = {} if authorization is None else {"Authorization": authorization.format(key=key)}
+    purchase(client, C1)
+    answer = TestClient(client.app).post("/v1/score", json=settlement("S1", C1), headers=headers)
+    assert answer.status_code == status, answer.text
+    if status == 401:
+        assert answer.headers["www-authenticate"] == "Bearer"
+
+
+def test_metrics_count_every_answer_with_its_route_and_status(store: Engine) -> None:
+    """Whatever answered it: a route (templated), no route (``unmatched``), a validation
+    error, an error the app did not handle (Starlette's 500); and none stays in flight."""
+    app = create_app(Settings(), engine=store)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/v1/broken/{n}", broken)
+    with TestClient(app, raise_server_exceptions=False, headers=bearer(store, "settlement")) as c:
+        assert c.get("/v1/nowhere").status_code == 404
+        assert c.post("/v1/score", content=b"{bad}").status_code == 422
+        assert c.get("/v1/broken/1").status_code == 500
+        assert c.get("/v1/broken/2").status_code == 500
+        assert c.get("/healthz").status_code == 200
+        text = c.get("/metrics").text
+    for sample in (
+        'fundguard_requests_total{method="GET",route="unmatched",status="404"} 1.0',
+        'fundguard_requests_total{method="POST",route="/v1/score",status="422"} 1.0',
+        'fundguard_requests_total{method="GET",route="/v1/broken/{n}",status="500"} 2.0',
+        'fundguard_requests_total{method="GET",route="/healthz",status="200"} 1.0',
+        'fundguard_request_seconds_count{method="GET",route="/v1/broken/{n}"} 2.0',
+        'fundguard_request_seconds_bucket{le="2.5",method="POST",route="/v1/score"} 1.0',
+        "fundguard_requests_in_flight 1.0",  # the scrape itself
+    ):
+        assert sample in text, sample
