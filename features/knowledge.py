@@ -170,13 +170,17 @@ def held_knowledge_base(conn: Connection) -> KnowledgeBase:
 def knowledge_base(conn: Connection, version: int | None = None) -> KnowledgeBase:
     """The knowledge base of ``conn``'s store at ``version`` (the store's version, read in
     the caller's statement; None: read it here): the copy held for the engine while its
-    version is the store's, else read again (once, whichever thread asks first)."""
+    version is the store's, else read again (once, whichever thread asks first). Read in a
+    transaction that SQLAlchemy began (which may hold a change of the catalog not yet
+    committed), it is read afresh and not held."""
     held = _held_for(conn.engine)
     base = held.base
     if version is None:
         (version,) = _VERSION.rows(conn, {})[0]
     if base is not None and base.version == version:
         return base
+    if conn.in_transaction():  # it may yet roll back, and another change take its version
+        return read_knowledge_base(conn)
     with held.lock:
         base = held.base
         if base is None or base.version != version:

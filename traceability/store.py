@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 from psycopg import RawCursor
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     Integer,
     MetaData,
     Numeric,
@@ -423,6 +425,12 @@ class InsertRows:
 
     def __init__(self, table: Table, *, key: str | None = None, update: Sequence[str] = ()) -> None:
         self.columns = [c.name for c in table.columns]
+        # psycopg dumps an array of one Python type: a Numeric column's ints go as Decimals
+        self._decimals = {
+            c.name
+            for c in table.columns
+            if isinstance(c.type, Numeric) and not isinstance(c.type, Float)
+        }
         self._statements: dict[str, Prepared] = {}
         for dialect in DIALECTS:
             if dialect == "postgresql":
@@ -447,13 +455,26 @@ class InsertRows:
         """The insert of ``rows`` (every column of the table given), ready to run."""
         statement = self._statements[dialect.name]
         if dialect.name == "postgresql":
-            return statement.bind(dialect, {c: [row[c] for row in rows] for c in self.columns})
+            return statement.bind(
+                dialect,
+                {
+                    c: [_decimal(row[c]) for row in rows]
+                    if c in self._decimals
+                    else [row[c] for row in rows]
+                    for c in self.columns
+                },
+            )
         return statement.bind(dialect, rows, many=True)
 
     def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` (every column of the table given) in ``conn``'s transaction."""
         if rows:
             Writes(conn.dialect).insert(self, rows).run(conn)
+
+
+def _decimal(value: Any) -> Any:
+    """A Numeric column's value as a Decimal (None and Decimals as they are)."""
+    return value if value is None or type(value) is Decimal else Decimal(str(value))
 
 
 @dataclass
