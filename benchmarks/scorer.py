@@ -28,6 +28,11 @@ where the time goes. ``--soak SECONDS`` then holds 80% of the measured peak (the
 the largest client count; ``--soak-rate`` sets another) for that long on ``--soak-store``,
 paced by the Lua script, and reports errors and the share of degraded answers.
 
+The scorer runs the code of the current folder (its ``PYTHONPATH`` is set to it, whatever
+the caller's): to measure other code (the code before a change), run this file from that
+checkout's folder, ``cd ../before && PYTHONPATH=. ../main/.venv/bin/python
+benchmarks/scorer.py …``.
+
     .venv/bin/python benchmarks/scorer.py [--duration 10] [--ledger 1000000]
         [--stores sqlite postgresql] [--workers 1 2 3] [--clients 1 16] [--no-model]
         [--commit-delay 0 100 1000] [--profile 2000] [--soak 600] [--generator wrk|python]
