@@ -336,11 +336,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
         if scored.replayed:
             metrics.replayed.inc()
         else:
-            metrics.counted(scored.decision).inc()
+            metrics.child(metrics.decisions, scored.decision).inc()
             if scored.degraded_cause:
-                metrics.degraded.labels(scored.degraded_cause).inc()
+                metrics.child(metrics.degraded, scored.degraded_cause).inc()
             for rule_id, action in scored.hits:
-                metrics.hit(rule_id, action).inc()
+                metrics.child(metrics.hits, rule_id, action).inc()
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "decision",

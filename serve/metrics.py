@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+M = TypeVar("M", Counter, Gauge, Histogram)
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 _VALUE_FILE = re.compile(r"(counter|gauge_\w+|histogram|summary)_\d+\.db")
 
@@ -83,10 +85,8 @@ class Metrics:
         )  # fmt: skip
         self.workers.set(1)
         self._shared = multiprocess_dir()
-        # the children of the labelled metrics, looked up once per label values
-        self._requests: dict[tuple[str, str, int], tuple[Histogram, Counter]] = {}
-        self._decisions: dict[str, Counter] = {}
-        self._hits: dict[tuple[str, str], Counter] = {}
+        # the children of the labelled metrics, looked up once per metric and label values
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def leave(self) -> None:
         """This worker stops serving (the app's shutdown): with several workers, its live
@@ -107,30 +107,19 @@ class Metrics:
         MultiProcessCollector(merged, path=str(self._shared))  # type: ignore[no-untyped-call]
         return Response(generate_latest(merged), media_type="text/plain; version=0.0.4")
 
-    def counted(self, decision: str) -> Counter:
-        """The counter child of ``decision`` (``labels`` looked up once per value)."""
-        child = self._decisions.get(decision)
-        if child is None:
-            child = self._decisions[decision] = self.decisions.labels(decision)
-        return child
-
-    def hit(self, rule_id: str, action: str) -> Counter:
-        """The counter child of a rule hit (``labels`` looked up once per rule and action)."""
-        child = self._hits.get((rule_id, action))
-        if child is None:
-            child = self._hits[rule_id, action] = self.hits.labels(rule_id, action)
-        return child
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, looked up once per metric and values (prometheus_client
+        takes a lock and checks the values on every ``labels`` call)."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def answered(self, route: str, method: str, status: int, seconds: float) -> None:
         """One request answered: its latency and its count, by route, method and status."""
-        children = self._requests.get((route, method, status))
-        if children is None:
-            children = self._requests[route, method, status] = (
-                self.latency.labels(route, method),
-                self.requests.labels(route, method, str(status)),
-            )
-        children[0].observe(seconds)
-        children[1].inc()
+        self.child(self.latency, route, method).observe(seconds)
+        self.child(self.requests, route, method, str(status)).inc()
 
 
 class RequestMetrics:
