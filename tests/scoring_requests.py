@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from serve.schemas import SettlementIn
 
 
 def settlement(settlement_id: str, *codes: str, drug: str = "D1", **extra: Any) -> dict[str, Any]:
@@ -40,3 +43,15 @@ def purchase(client: TestClient, *codes: str, at: str = "2025-02-01T09:00:00+08:
     ]
     response = client.post("/v1/trace-events", json=events)
     assert response.status_code == 200, response.text
+
+
+def reference_app() -> FastAPI:
+    """FastAPI reading a ``SettlementIn`` body parameter: what ``/v1/score`` (which reads
+    its raw body itself, faster) must answer and document as."""
+    app = FastAPI()
+
+    @app.post("/v1/score")
+    async def score(settlement: SettlementIn) -> dict[str, str]:
+        return {"settlement_id": settlement.settlement_id}
+
+    return app

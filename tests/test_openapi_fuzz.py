@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import schemathesis
 from conftest import bearer
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
@@ -25,9 +24,9 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from scoring_requests import reference_app
 
 from serve.app import create_app
-from serve.schemas import SettlementIn
 from serve.settings import Settings
 from serve.store import create_store_engine, upgrade
 
@@ -58,12 +57,6 @@ def test_the_score_body_is_documented_as_a_fastapi_body_parameter(sqlite_url: st
     """``POST /v1/score`` reads its body itself; its document says what FastAPI says of a
     ``SettlementIn`` body parameter: the request body, the 422, and the schemas of the
     models (``SettlementIn`` and what it nests) among the components."""
-    reference = FastAPI()
-
-    @reference.post("/v1/score")
-    async def score(settlement: SettlementIn) -> None:
-        """Nothing: its document only."""
-
     upgrade(sqlite_url)
     engine = create_store_engine(sqlite_url)
     try:
@@ -71,7 +64,7 @@ def test_the_score_body_is_documented_as_a_fastapi_body_parameter(sqlite_url: st
             ours = client.get("/openapi.json").json()
     finally:
         engine.dispose()
-    theirs = reference.openapi()
+    theirs = reference_app().openapi()
     operation, expected = ours["paths"]["/v1/score"]["post"], theirs["paths"]["/v1/score"]["post"]
     assert operation["requestBody"] == expected["requestBody"]
     assert operation["responses"]["422"] == expected["responses"]["422"]

@@ -14,15 +14,13 @@ from typing import Any
 
 import pytest
 from conftest import bearer
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from scoring_requests import purchase, settlement
+from scoring_requests import purchase, reference_app, settlement
 from sqlalchemy import Engine, func, select
 
 from features.store import services
 from rules.base import shipped_rulebase
 from serve.app import create_app
-from serve.schemas import SettlementIn
 from serve.settings import Settings
 from serve.tables import blacklist, decisions, rule_executions
 from traceability.codes import gs1_hri, gs1_raw
@@ -448,18 +446,6 @@ def test_a_revoked_key_stops_working(store: Engine) -> None:
         assert client.post("/v1/trace-events", json=[]).status_code == 200
         assert revoke_key(store, key_id)
         assert client.post("/v1/trace-events", json=[]).status_code == 401
-
-
-def reference_app() -> FastAPI:
-    """FastAPI reading a ``SettlementIn`` body parameter: what ``/v1/score`` must answer to
-    a bad body (it reads the raw body itself, faster)."""
-    app = FastAPI()
-
-    @app.post("/v1/score")
-    async def score(settlement: SettlementIn) -> dict[str, str]:
-        return {"settlement_id": settlement.settlement_id}
-
-    return app
 
 
 def _valid(settlement_id: str) -> bytes:
