@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import pytest
+from scoring_requests import settlement
 from sqlalchemy import (
     Connection,
     Engine,
@@ -36,7 +37,6 @@ from features.store import (
 from serve import scoring
 from serve.schemas import SettlementIn
 from serve.tables import decisions, rule_executions
-from tests.scoring_requests import settlement
 from traceability.checks import StockEvent
 from traceability.ledger import StockEventIn, record_stock_events
 from traceability.store import (
